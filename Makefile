@@ -1,0 +1,36 @@
+# One command per task. Each creates .venv first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint format bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv with the project and its pinned dependencies
+
+run: $(STAMP) ## the demo: embedded broker, a simulated day, the job, the Parquet
+	$(BIN)/party-rates demo --dir demo
+
+lint: $(STAMP) ## ruff (check + format) and mypy
+	$(BIN)/ruff check flows schemas tests bench
+	$(BIN)/ruff format --check flows schemas tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format flows schemas tests bench
+	$(BIN)/ruff check --fix flows schemas tests bench
+
+test: lint ## lint, then every test tier (the broker tests start their own broker)
+	$(BIN)/pytest
+
+bench: $(STAMP) ## throughput and memory against the alternatives; writes bench/RESULTS.md
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

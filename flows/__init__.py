@@ -1,0 +1,1 @@
+"""party-rates: the dataflow and its parts."""

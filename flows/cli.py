@@ -1,0 +1,218 @@
+"""``party-rates``: run the job, or the demo. Errors are one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from flows.settings import Settings
+
+EXIT_SETTINGS, EXIT_KAFKA, EXIT_STATE, EXIT_FAILED = 2, 3, 4, 1
+
+FLAGS: dict[str, dict[str, Any]] = {
+    "brokers": {"help": "Kafka bootstrap servers HOST:PORT[,…]"},
+    "topic": {"help": "topic (default mpv2SessionHistory)"},
+    "output": {"help": "output directory (or s3:// URI)"},
+    "state": {"help": "state directory: offsets and open windows between runs"},
+    "window": {"help": "window length (default 5m)"},
+    "allowed_lateness": {"help": "allowed lateness (default 10m)"},
+    "dedup_horizon": {"help": "how long event ids are remembered (default: allowed lateness)"},
+    "workers": {"type": int, "help": "worker threads in this process (default 1)"},
+    "follow": {"action": "store_true", "default": None, "help": "keep consuming"},
+    "batch_size": {"type": int, "help": "messages per consume call (default 10000)"},
+    "snapshot_interval": {"help": "state snapshot interval (default 10s)"},
+    "flush_interval": {"help": "with --follow, how often to write Parquet (default 60s)"},
+    "process_id": {"type": int, "help": "this process's index in a cluster (-i)"},
+    "addresses": {"help": "all cluster processes HOST:PORT;HOST:PORT (-a)"},
+    "connect_timeout": {"help": "how long to try reaching the brokers (default 20s)"},
+    "progress": {"choices": ["auto", "bar", "log", "off"], "help": "progress display"},
+    "run_id": {"help": "id of this run (default: start time + random)"},
+}
+
+
+class Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_settings(args: argparse.Namespace) -> Settings:
+    given = {k: getattr(args, k) for k in FLAGS if getattr(args, k, None) is not None}
+    if args.kafka_config:
+        pairs = [kv.partition("=") for kv in args.kafka_config]
+        bad = [k for k, eq, _ in pairs if not eq]
+        if bad:
+            raise Fail(EXIT_SETTINGS, f"--kafka-config expects KEY=VALUE, got {bad[0]!r}")
+        given["kafka_config"] = {k: v for k, _, v in pairs}
+    try:
+        return Settings(**given)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        flag = f"--{field.replace('_', '-')} / PARTY_RATES_{field.upper()}: " if field else ""
+        msg = first["msg"].removeprefix("Value error, ")
+        raise Fail(EXIT_SETTINGS, f"invalid setting {flag}{msg}") from None
+
+
+def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
+    """Run the job once: checks, then the dataflow; returns the run's manifest."""
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    from flows.party_rates import build_flow
+    from flows.source import SourceError, list_partitions
+    from flows.statedir import StateDir, StateError
+    from flows.storage import Storage
+
+    state = StateDir(settings.state)
+    storage = Storage(settings.output)
+    try:
+        with state.locked(settings.process_id):
+            state.prepare(settings)
+            parts = list_partitions(
+                settings.kafka_base_config(), settings.topic, settings.connect_seconds
+            )
+            removed = storage.remove_stale_temp_files()
+            if removed and not quiet:
+                print(
+                    f"party-rates: removed {removed} temporary files of an earlier run",
+                    file=sys.stderr,
+                )
+            if not quiet:
+                mode = "following" if settings.follow else "reading to the current end"
+                print(
+                    f"party-rates: run {settings.run_id}: {settings.topic} "
+                    f"({len(parts)} partitions) -> {settings.output}, {mode}",
+                    file=sys.stderr,
+                )
+            cluster: dict[str, Any] = {}
+            if settings.process_id is not None and settings.addresses:
+                cluster = {
+                    "process_id": settings.process_id,
+                    "addresses": settings.addresses.split(";"),
+                }
+            cli_main(
+                build_flow(settings),
+                workers_per_process=settings.workers,
+                epoch_interval=timedelta(seconds=settings.snapshot_seconds),
+                recovery_config=RecoveryConfig(str(state.recovery)),
+                **cluster,
+            )
+    except StateError as err:
+        raise Fail(EXIT_STATE, str(err)) from None
+    except SourceError as err:
+        raise Fail(EXIT_KAFKA, str(err)) from None
+    except KeyboardInterrupt:
+        raise Fail(130, "interrupted; the next run resumes from the last snapshot") from None
+    except Exception as err:  # the dataflow failed: find our own error in the chain
+        cause: BaseException | None = err
+        while cause is not None:
+            if isinstance(cause, SourceError):
+                raise Fail(EXIT_KAFKA, str(cause)) from None
+            cause = cause.__cause__ or cause.__context__
+        raise Fail(EXIT_FAILED, f"the run failed: {_last_line(err)}") from err
+    data = storage.read_bytes(f"_runs/{settings.run_id}.json")
+    return json.loads(data) if data else None
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    c = manifest["counts"]
+    line = (
+        f"party-rates: run {manifest['run_id']} {manifest['status']}: {c['messages']:,} messages: "
+        f"{c['counted']:,} counted, {c['skipped']:,} skipped, {c['duplicates']:,} duplicates, "
+        f"{c['late']:,} late, {c['dead_letters']:,} dead letters"
+    )
+    for gap in manifest.get("gaps", []):
+        line += f"\nparty-rates: partition {gap['partition']}: {gap['detail']}"
+    return line
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = parse_settings(args)
+    manifest = run_job(settings)
+    if manifest:
+        print(summary(manifest), file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.analysis import load_party_rates, worst_namespaces
+    from flows.broker import embedded_broker
+    from flows.simulator import SimConfig, generate, produce
+
+    base = Path(args.dir)
+    output, state = base / "output", base / "state"
+    for d in (output, state):
+        shutil.rmtree(d, ignore_errors=True)  # the embedded broker starts empty every time
+    base.mkdir(parents=True, exist_ok=True)
+    print(f"demo: starting the embedded broker (log: {base / 'broker.log'})", file=sys.stderr)
+    with embedded_broker(log=base / "broker.log") as broker:
+        broker.create_topic("mpv2SessionHistory", partitions=4)
+        t0 = time.monotonic()
+        messages, _ = generate(SimConfig(messages=args.messages))
+        n = produce(broker.bootstrap, "mpv2SessionHistory", messages)
+        print(
+            f"demo: produced {n:,} simulated messages in {time.monotonic() - t0:.1f}s",
+            file=sys.stderr,
+        )
+        settings = Settings(
+            brokers=broker.bootstrap, output=str(output), state=str(state), workers=args.workers
+        )
+        manifest = run_job(settings)
+    if manifest:
+        print(summary(manifest), file=sys.stderr)
+    rates = load_party_rates(output)
+    print(f"\nParquet written under {output.resolve()}:")
+    print(f"  party_rates/   {len(rates):,} rows ({int(rates['is_final'].sum()):,} final)")
+    print("  late_events/  dead_letters/  _runs/")
+    print("\nWorst namespaces by drop ratio (final windows, at least 20 disconnects):")
+    print(worst_namespaces(rates).to_string(float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="party-rates", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the job (every flag also as PARTY_RATES_<FLAG>)")
+    for name, opts in FLAGS.items():
+        run.add_argument("--" + name.replace("_", "-"), dest=name, **opts)
+    run.add_argument(
+        "--kafka-config", action="append", metavar="KEY=VALUE", help="extra librdkafka setting"
+    )
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="embedded broker + simulated day + the job")
+    demo.add_argument("--dir", default="demo", help="where to put output, state and logs")
+    demo.add_argument("--messages", type=int, default=300_000)
+    demo.add_argument("--workers", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Fail as fail:
+        if args.debug and fail.__cause__ is not None:
+            raise
+        print(f"party-rates: error: {fail}", file=sys.stderr)
+        return fail.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Event time: RFC 3339 strings and Unix nanoseconds to integer microseconds since the epoch.
+
+Integers keep the hot path cheap and cover any year; datetimes appear only at the edges.
+All times are UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+US_PER_S = 1_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+MIN_EVENT_US = 946_684_800 * US_PER_S  # 2000-01-01T00:00:00Z
+MAX_EVENT_US = 4_102_444_800 * US_PER_S  # 2100-01-01T00:00:00Z
+"""Accepted event times: [2000-01-01, 2100-01-01). Outside, a message is a dead letter:
+a stray year-9999 timestamp would otherwise push the watermark past every window."""
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+class EventTimeError(ValueError):
+    """The message carries no usable event time."""
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _is_leap(y: int) -> bool:
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+def parse_rfc3339_us(text: str) -> int:
+    """Parse an RFC 3339 date-time to microseconds since the epoch (UTC).
+
+    Accepts 0 to 9 fractional digits (truncated to microseconds), ``Z``/``z`` or a
+    numeric offset, ``T``/``t``/space as separator, and a leap second (``:60``, counted
+    as the next second).
+    """
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        raise EventTimeError(f"timestamp {text[:64]!r} is not RFC 3339")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    if not 1 <= month <= 12:
+        raise EventTimeError(f"timestamp {text!r}: month {month} out of range")
+    days_in_month = 29 if month == 2 and _is_leap(year) else _DAYS_IN_MONTH[month - 1]
+    if not 1 <= day <= days_in_month or hour > 23 or minute > 59 or second > 60:
+        raise EventTimeError(f"timestamp {text!r}: date or time field out of range")
+    frac = m.group(7) or ""
+    micros = int((frac + "000000")[:6])
+    offset_s = 0
+    if m.group(9):
+        oh, om = int(m.group(10)), int(m.group(11))
+        if oh > 23 or om > 59:
+            raise EventTimeError(f"timestamp {text!r}: offset out of range")
+        offset_s = (oh * 3600 + om * 60) * (1 if m.group(9) == "+" else -1)
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    return (seconds - offset_s) * US_PER_S + micros
+
+
+def check_range(us: int) -> int:
+    """Return ``us`` if it is an accepted event time, else raise EventTimeError."""
+    if not MIN_EVENT_US <= us < MAX_EVENT_US:
+        raise EventTimeError(
+            f"event time {format_us(us)} outside the accepted range 2000-01-01..2100-01-01"
+        )
+    return us
+
+
+def event_time_us(timestamp: str | None, unix_nano: int | None) -> int:
+    """The event time: ``timestampUnixNano`` when present, else ``timestamp``."""
+    if unix_nano is not None:
+        return check_range(unix_nano // 1000)
+    if timestamp is None:
+        raise EventTimeError("no timestamp and no timestampUnixNano")
+    return check_range(parse_rfc3339_us(timestamp))
+
+
+def to_datetime(us: int) -> datetime:
+    """Microseconds since the epoch to an aware UTC datetime."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def format_us(us: int) -> str:
+    """Readable UTC form of a microsecond time, for messages (any year)."""
+    try:
+        return to_datetime(us).isoformat()
+    except OverflowError:
+        return f"{us} µs since 1970"
+
+
+def parse_duration_us(text: str) -> int:
+    """Parse ``90s``, ``5m``, ``1h``, ``1d`` or plain seconds into microseconds."""
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)?\s*", text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h or 1d")
+    unit = {"ms": 1_000, "s": US_PER_S, None: US_PER_S, "m": 60 * US_PER_S}
+    unit |= {"h": 3600 * US_PER_S, "d": 86400 * US_PER_S}
+    return int(m.group(1)) * unit[m.group(2)]
+
+
+def window_start_us(t_us: int, window_us: int) -> int:
+    """Start of the epoch-aligned tumbling window ``[start, start + window)`` holding ``t_us``."""
+    return t_us - t_us % window_us

@@ -1,0 +1,175 @@
+"""The run manifest ``_runs/<run_id>.json`` and the progress display.
+
+One sink partition receives every batch's bookkeeping. It accumulates, per run id, the
+offsets read per partition and the counts, which are part of the snapshot. When the run
+ends it writes the manifest. A run that was killed left its accumulated part in the last
+snapshot; the next run writes that part as the killed run's manifest with status
+``interrupted``, so every message read is accounted for in exactly one manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from flows.items import BatchStats, Counts
+from flows.storage import Storage
+
+RunState = dict[str, dict[str, Any]]  # run_id -> accumulated manifest
+
+
+def manifest_path(run_id: str) -> str:
+    return f"_runs/{run_id}.json"
+
+
+def new_run(run_id: str, settings: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "started_at": now.isoformat(),
+        "ended_at": None,
+        "status": "running",
+        "settings": settings,
+        "partitions": {},
+        "counts": Counts()._asdict(),
+        "gaps": [],
+    }
+
+
+def add_stats(run: dict[str, Any], stats: BatchStats) -> None:
+    part = run["partitions"].setdefault(
+        str(stats.partition), {"from": stats.first_offset, "to": stats.first_offset, "end": None}
+    )
+    part["to"] = max(part["to"], stats.next_offset)
+    part["end"] = stats.end_offset
+    total = Counts(**run["counts"]).plus(stats.counts)
+    run["counts"] = total._asdict()
+    if stats.gap:
+        run["gaps"].append({"partition": stats.partition, "detail": stats.gap})
+
+
+def add_late(run: dict[str, Any], n: int) -> None:
+    """Events counted at their partition that found their window already final."""
+    counts = dict(run["counts"])
+    counts["counted"] -= n
+    counts["late"] += n
+    run["counts"] = counts
+
+
+class ManifestSink(FixedPartitionedSink[Any, RunState]):
+    def __init__(
+        self,
+        storage: Storage,
+        run_id: str,
+        settings: dict[str, Any],
+        progress: str,
+        follow: bool,
+        flush_seconds: float,
+    ) -> None:
+        self.storage = storage
+        self.run_id = run_id
+        self.settings = settings
+        self.progress = progress
+        self.follow = follow
+        self.flush_seconds = flush_seconds
+
+    def list_parts(self) -> list[str]:
+        return ["manifest"]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: RunState | None
+    ) -> ManifestPart:
+        return ManifestPart(self, resume_state or {})
+
+
+class ManifestPart(StatefulSinkPartition[Any, RunState]):
+    def __init__(self, sink: ManifestSink, runs: RunState) -> None:
+        self.sink = sink
+        self.runs = {rid: json.loads(json.dumps(run)) for rid, run in runs.items()}
+        # What an earlier run left in the snapshot without writing it: it was interrupted.
+        for rid in list(self.runs):
+            if rid != sink.run_id:
+                self._write(rid, "interrupted")
+                del self.runs[rid]
+        self.run = self.runs.setdefault(
+            sink.run_id, new_run(sink.run_id, sink.settings, datetime.now(UTC))
+        )
+        self.display = ProgressDisplay(sink.progress, sys.stderr)
+        self.last_flush = time.monotonic()
+
+    def write_batch(self, values: list[Any]) -> None:
+        for item in values:
+            if isinstance(item, BatchStats):
+                add_stats(self.run, item)
+            else:
+                add_late(self.run, item)
+        self.display.update(self.run)
+        if self.sink.follow and time.monotonic() - self.last_flush >= self.sink.flush_seconds:
+            self._write(self.sink.run_id, "running")
+            self.last_flush = time.monotonic()
+
+    def _write(self, run_id: str, status: str) -> None:
+        run = dict(self.runs[run_id])
+        existing = self.sink.storage.read_bytes(manifest_path(run_id))
+        if existing is not None and json.loads(existing).get("status") == "completed":
+            return
+        run["status"] = status
+        if status != "running":
+            run["ended_at"] = run["ended_at"] or datetime.now(UTC).isoformat()
+        data = json.dumps(run, indent=2, sort_keys=True).encode()
+        self.sink.storage.write_bytes(manifest_path(run_id), data)
+
+    def snapshot(self) -> RunState:
+        return json.loads(json.dumps(self.runs))
+
+    def close(self) -> None:
+        self.display.finish(self.run)
+        self._write(self.sink.run_id, "completed")
+
+
+class ProgressDisplay:
+    """Messages read of the end offsets, rate and ETA: a bar on a terminal, else log lines."""
+
+    def __init__(self, mode: str, out: TextIO) -> None:
+        tty = out.isatty()
+        self.mode = ("bar" if tty else "log") if mode == "auto" else mode
+        self.out = out
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.interval = 0.5 if self.mode == "bar" else 10.0
+
+    def update(self, run: dict[str, Any], force: bool = False) -> None:
+        now = time.monotonic()
+        if self.mode == "off" or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        done = sum(p["to"] - p["from"] for p in run["partitions"].values())
+        ends = [p["end"] for p in run["partitions"].values()]
+        total = (
+            sum(p["end"] - p["from"] for p in run["partitions"].values())
+            if ends and None not in ends
+            else None
+        )
+        elapsed = max(now - self.started, 1e-6)
+        rate = done / elapsed
+        c = run["counts"]
+        line = f"{done:,} msgs"
+        if total:
+            eta = (total - done) / rate if rate > 0 else 0
+            line += f" of {total:,} ({100 * done / total:.0f}%), ETA {eta:.0f}s"
+        line += f", {rate:,.0f} msg/s; counted {c['counted']:,}, late {c['late']:,}, "
+        line += f"dead letters {c['dead_letters']:,}"
+        if self.mode == "bar":
+            self.out.write("\r\x1b[2K" + line)
+        else:
+            self.out.write(f"party-rates: {line}\n")
+        self.out.flush()
+
+    def finish(self, run: dict[str, Any]) -> None:
+        self.update(run, force=True)
+        if self.mode == "bar":
+            self.out.write("\n")

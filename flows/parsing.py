@@ -1,0 +1,95 @@
+"""Turning one raw message value into a counted event, a skip, or a dead-letter reason.
+
+Most messages on the mixed topic are other event kinds. They are skipped on the raw bytes,
+without parsing: a message is only parsed when its bytes name one of the counted events.
+A message that names a counted event but cannot be used, or that does not even look like a
+JSON object, is a dead letter with a readable reason. Nothing raises.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import orjson
+from pydantic import ValidationError
+
+from flows.eventtime import EventTimeError, event_time_us
+from schemas.events import ENVELOPE_ADAPTER, KIND_OF_NAME
+
+NAMES_COUNTED = re.compile(rb'"Party(?:Disconnected|Rejoined|Dropped|Rejected)Event"')
+"""A counted name as a JSON string anywhere in the bytes: the cheap pre-filter."""
+
+_WS = b" \t\r\n"
+
+
+class Event(NamedTuple):
+    """A usable counted event. ``t_us`` is its event time in microseconds (UTC)."""
+
+    t_us: int
+    kind: int
+    id: str
+    namespace: str
+    user_id: str | None
+    session_id: str | None
+
+
+def looks_like_object(value: bytes) -> bool:
+    """True when the bytes start with ``{`` and end with ``}`` (ignoring whitespace)."""
+    if value[:1] == b"{" and value[-1:] == b"}":
+        return True
+    stripped = value.strip(_WS)
+    return stripped[:1] == b"{" and stripped[-1:] == b"}"
+
+
+def classify(value: bytes | None) -> Event | str | None:
+    """Classify one message value.
+
+    Returns the Event when it is a usable counted event, ``None`` when it is another kind
+    of event (skipped), or a string: the reason it is a dead letter.
+    """
+    if value is None:
+        return "empty message (tombstone)"
+    if NAMES_COUNTED.search(value) is None:
+        if looks_like_object(value):
+            return None
+        return "not a JSON object"
+    return parse_candidate(value)
+
+
+def parse_candidate(value: bytes) -> Event | str | None:
+    """Fully parse a message whose bytes mention a counted name."""
+    try:
+        env = ENVELOPE_ADAPTER.validate_json(value)
+    except ValidationError as err:
+        return _explain(value, err)
+    kind = KIND_OF_NAME.get(env.name)
+    if kind is None:
+        return None  # another event that merely mentions a counted name
+    if not env.namespace:
+        return "no namespace: field 'namespace' is empty"
+    if not env.id:
+        return "no event id: field 'id' is empty"
+    try:
+        t_us = event_time_us(env.timestamp, env.timestampUnixNano)
+    except EventTimeError as err:
+        return f"no usable event time: {err}"
+    return Event(t_us, kind, env.id, env.namespace, env.userId, env.sessionId)
+
+
+def _explain(value: bytes, err: ValidationError) -> str | None:
+    """A one-line reason for a failed validation, or None if the message is not counted."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(exc.__cause__, UnicodeDecodeError) or "utf-8" in str(exc).lower():
+            return "invalid UTF-8"
+        return f"not JSON: {str(exc)[:200]}"
+    if not isinstance(doc, dict):
+        return f"not a JSON object but {type(doc).__name__}"
+    if doc.get("name") not in KIND_OF_NAME:
+        return None
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(root)"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"invalid {doc['name']}: {where}: {first['msg']}{more}"[:500]

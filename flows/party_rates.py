@@ -1,0 +1,115 @@
+"""The party-rates dataflow: session-history topic -> per-namespace windowed rates.
+
+Run it with ``party-rates run`` or, in a Bytewax cluster,
+``python -m bytewax.run "flows.party_rates:build_flow()"`` with ``PARTY_RATES_*`` set.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource
+
+from flows.items import Tick
+from flows.logic import ClockLogic, WindowsLogic
+from flows.manifest import ManifestSink
+from flows.settings import Settings
+from flows.sinks import DEAD_LETTERS, LATE_EVENTS, RATES, ParquetSink, route
+from flows.source import TopicSource
+from flows.storage import Storage
+
+CLOCK = "clock"
+
+
+def _ticks(item: tuple[str, tuple[str, Tick]]) -> tuple[str, Tick]:
+    return item[1]
+
+
+def build_flow(
+    settings: Settings | None = None, source: FixedPartitionedSource | None = None
+) -> Dataflow:
+    """Wire the dataflow. Without ``settings`` they come from ``PARTY_RATES_*``; ``source``
+    replaces the Kafka input (tests)."""
+    if settings is None:
+        settings = Settings()
+    source = source or TopicSource(settings)
+    partitions = [int(p) for p in source.list_parts()]
+    storage = Storage(settings.output)
+    flush = settings.flush_seconds if settings.follow else None
+    w, late = settings.window_us, settings.lateness_us
+    flow = Dataflow("party_rates")
+
+    batches = op.input("kafka", flow, source)
+    # BatchResult: one consumed batch of one partition, classified and deduplicated
+
+    chunks = op.flat_map("chunks", batches, lambda b: list(b.chunks.items()))
+    # (namespace, Chunk): that namespace's on-time events of the batch
+
+    progress = op.flat_map(
+        "progress", batches, lambda b: [(CLOCK, b.progress)] if b.progress else []
+    )
+    # ("clock", Progress): a partition's newest event time and the namespaces it touched
+
+    ticks = op.map(
+        "route_ticks",
+        op.stateful_batch("clock", progress, partial(ClockLogic, w, late, partitions)),
+        _ticks,
+    )
+    # (namespace, Tick): windows ending at or before Tick.closed_until are final
+
+    outputs = op.stateful_batch(
+        "windows", op.merge("chunks_and_ticks", chunks, ticks), partial(WindowsLogic, w)
+    )
+    # (namespace, ("row", row) | ("late", row) | ("late_count", n))
+
+    rows = op.filter_map("rows", outputs, lambda kv: kv[1][1] if kv[1][0] == "row" else None)
+    # rates row: final rows as windows close, provisional rows at the end of a run
+
+    late_rows = op.merge(
+        "late_rows",
+        op.flat_map("late_at_partition", batches, lambda b: b.late),
+        op.filter_map(
+            "late_at_window", outputs, lambda kv: kv[1][1] if kv[1][0] == "late" else None
+        ),
+    )
+    # late_events row: an event that came after its window was final
+
+    dead = op.flat_map("dead", batches, lambda b: b.dead)
+    # dead_letters row: a message naming a counted event (or unreadable) that cannot be used
+
+    stats = op.merge(
+        "stats",
+        op.map("batch_stats", batches, lambda b: b.stats),
+        op.filter_map(
+            "late_counts", outputs, lambda kv: kv[1][1] if kv[1][0] == "late_count" else None
+        ),
+    )
+    # BatchStats | int: bookkeeping for the manifest and the progress display
+
+    op.output(
+        "party_rates",
+        op.map("route_rates", rows, route(RATES)),
+        ParquetSink(storage, RATES, flush_seconds=flush),
+    )
+    op.output(
+        "late_events",
+        op.map("route_late", late_rows, route(LATE_EVENTS)),
+        ParquetSink(storage, LATE_EVENTS, flush_seconds=flush, parts=2),
+    )
+    op.output(
+        "dead_letters",
+        op.map("route_dead", dead, route(DEAD_LETTERS)),
+        ParquetSink(storage, DEAD_LETTERS, flush_seconds=flush, parts=2),
+    )
+    manifest = ManifestSink(
+        storage,
+        settings.run_id,
+        settings.public(),
+        settings.progress,
+        settings.follow,
+        settings.flush_seconds,
+    )
+    op.output("manifest", op.map("route_stats", stats, lambda s: ("manifest", s)), manifest)
+    return flow

@@ -1,0 +1,126 @@
+"""The one settings object: every flag of ``party-rates run``, also as ``PARTY_RATES_<FLAG>``.
+
+Built once at the entry point (the CLI, or ``build_flow()`` for ``python -m bytewax.run``)
+and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flows.eventtime import parse_duration_us
+
+SECRET_WORDS = ("password", "secret", "pem", "token", "credential", "jaas")
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC start time plus a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+def redact(config: dict[str, str]) -> dict[str, str]:
+    """librdkafka settings with secret values replaced, safe to print or store."""
+    return {k: "***" if any(w in k.lower() for w in SECRET_WORDS) else v for k, v in config.items()}
+
+
+class Settings(BaseSettings):
+    """Settings of one run. Durations are strings like ``30s``, ``5m``, ``1h``."""
+
+    model_config = SettingsConfigDict(env_prefix="PARTY_RATES_", extra="forbid")
+
+    brokers: str = Field("localhost:9092", description="Kafka bootstrap servers, HOST:PORT[,…]")
+    topic: str = Field("mpv2SessionHistory", description="Session-history topic name")
+    output: str = Field(description="Output directory")
+    state: str = Field(description="State directory (offsets and open windows)")
+    window: str = Field("5m", description="Tumbling window length")
+    allowed_lateness: str = Field("10m", description="How far behind an event may arrive")
+    dedup_horizon: str | None = Field(
+        None, description="How long event ids are remembered (default: allowed lateness)"
+    )
+    workers: int = Field(1, ge=1, le=256, description="Worker threads in this process")
+    follow: bool = Field(False, description="Keep consuming instead of stopping at the end")
+    batch_size: int = Field(10_000, ge=1, le=1_000_000, description="Messages per consume call")
+    snapshot_interval: str = Field("10s", description="How often state is snapshotted")
+    flush_interval: str = Field("60s", description="With --follow: how often Parquet is written")
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings (security.protocol, sasl.*, ssl.*)",
+    )
+    process_id: int | None = Field(None, ge=0, description="This process in a cluster (-i)")
+    addresses: str | None = Field(None, description="Cluster processes, HOST:PORT;… (-a)")
+    connect_timeout: str = Field("20s", description="How long to try reaching the brokers")
+    progress: Literal["auto", "bar", "log", "off"] = Field("auto", description="Progress display")
+    run_id: str = Field(default_factory=new_run_id, description="Id of this run's manifest")
+
+    @field_validator(
+        "window", "allowed_lateness", "snapshot_interval", "flush_interval", "connect_timeout"
+    )
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration_us(v)
+        return v
+
+    @field_validator("dedup_horizon")
+    @classmethod
+    def _opt_duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration_us(v)
+        return v
+
+    @field_validator("brokers", "topic", "output", "state")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.window_us < 1_000_000:
+            raise ValueError("window must be at least 1s")
+        if (self.process_id is None) != (self.addresses is None):
+            raise ValueError("process_id and addresses go together")
+        return self
+
+    @property
+    def window_us(self) -> int:
+        return parse_duration_us(self.window)
+
+    @property
+    def lateness_us(self) -> int:
+        return parse_duration_us(self.allowed_lateness)
+
+    @property
+    def dedup_horizon_us(self) -> int:
+        horizon = parse_duration_us(self.dedup_horizon) if self.dedup_horizon else 0
+        return max(horizon, self.lateness_us)
+
+    @property
+    def snapshot_seconds(self) -> float:
+        return parse_duration_us(self.snapshot_interval) / 1e6
+
+    @property
+    def flush_seconds(self) -> float:
+        return parse_duration_us(self.flush_interval) / 1e6
+
+    @property
+    def connect_seconds(self) -> float:
+        return parse_duration_us(self.connect_timeout) / 1e6
+
+    def broker_list(self) -> list[str]:
+        return [b.strip() for b in self.brokers.split(",") if b.strip()]
+
+    def kafka_base_config(self) -> dict[str, str]:
+        """librdkafka settings shared by every client the job makes."""
+        return {"bootstrap.servers": ",".join(self.broker_list()), **self.kafka_config}
+
+    def public(self) -> dict[str, Any]:
+        """The settings with secrets redacted, for manifests and logs."""
+        data = self.model_dump()
+        data["kafka_config"] = redact(self.kafka_config)
+        return data

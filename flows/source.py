@@ -1,0 +1,220 @@
+"""Kafka input: one item per consumed batch of one partition, already classified.
+
+Each Kafka partition is a Bytewax input partition, so a cluster spreads partitions over its
+workers. A batch is read with one ``consume()`` call and handed to
+:func:`flows.partition.process_batch`, which skips, parses, drops late events and
+deduplicates in one pass; the resumable state (read position, event-time progress, recent
+ids) is snapshotted with the rest of the dataflow.
+
+Without ``follow``, each partition stops at the end offset it had when the run started.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from flows.items import BatchResult
+from flows.partition import PartitionState, process_batch
+from flows.settings import Settings
+
+Snapshot = tuple[int, int | None, dict[str, int], dict[int, list[str]]]
+
+
+class SourceError(RuntimeError):
+    """Kafka input cannot go on; the message says why."""
+
+
+def list_partitions(config: dict[str, str], topic: str, timeout_s: float) -> list[int]:
+    """Partition ids of ``topic``; SourceError naming the brokers or topics otherwise."""
+    admin = AdminClient({**config, "socket.timeout.ms": str(int(timeout_s * 1000))})
+    try:
+        meta = admin.list_topics(timeout=timeout_s)
+    except KafkaException as err:
+        brokers = config.get("bootstrap.servers", "?")
+        raise SourceError(f"cannot reach Kafka brokers {brokers}: {err.args[0].str()}") from None
+    found = meta.topics.get(topic)
+    if found is None or found.error is not None:
+        names = sorted(t for t in meta.topics if not t.startswith("__"))
+        shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+        raise SourceError(f"topic {topic!r} not found; the brokers have: {shown or '(none)'}")
+    return sorted(found.partitions)
+
+
+def end_offsets(consumer: Any, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """(earliest, end) offsets of a partition, the end read off the partition itself.
+
+    The end is where a consumer positioned just before the reported high watermark gets
+    its end-of-partition event: some Kafka-protocol brokers report the high watermark of
+    batched writes as the last batch's base offset + 1, which would stop a run short.
+    """
+    low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+    if high <= low:
+        return low, high
+    consumer.assign([TopicPartition(tp.topic, tp.partition, high - 1)])
+    deadline = time.monotonic() + timeout_s
+    end = high
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.2):
+                err = msg.error()
+                if err is None:
+                    end = max(end, msg.offset() + 1)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    return low, max(end, msg.offset())
+    finally:
+        consumer.unassign()
+    return low, end
+
+
+class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
+    """The session-history topic as a partitioned, resumable source of batch results."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = settings.kafka_base_config()
+        self.topic = settings.topic
+        self.follow = settings.follow
+        self.batch_size = settings.batch_size
+        self.lateness_us = settings.lateness_us
+        self.dedup_horizon_us = settings.dedup_horizon_us
+        self.bucket_us = settings.window_us
+        self.timeout_s = settings.connect_seconds
+
+    def list_parts(self) -> list[str]:
+        return [str(p) for p in list_partitions(self.config, self.topic, self.timeout_s)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Snapshot | None
+    ) -> PartitionReader:
+        partition = int(for_part)
+        consumer = Consumer(
+            {
+                **self.config,
+                "group.id": "party-rates",
+                "enable.auto.commit": "false",
+                "enable.partition.eof": "true",
+                "auto.offset.reset": "earliest",
+                "allow.auto.create.topics": "false",
+            }
+        )
+        tp = TopicPartition(self.topic, partition)
+        try:
+            low, high = end_offsets(consumer, tp, self.timeout_s)
+        except KafkaException as err:
+            consumer.close()
+            raise SourceError(
+                f"cannot read offsets of {self.topic}[{partition}]: {err.args[0].str()}"
+            ) from None
+        state = PartitionState(low, self.bucket_us)
+        gap = None
+        if resume_state is not None:
+            state.next_offset, state.max_t_us, ids, buckets = resume_state
+            state.dedup.ids = dict(ids)
+            state.dedup.buckets = {b: list(v) for b, v in buckets.items()}
+            if state.next_offset < low:
+                gap = f"offsets {state.next_offset}..{low - 1} no longer exist (retention)"
+            elif state.next_offset > high:
+                gap = f"saved offset {state.next_offset} is past the end {high} (topic recreated?)"
+            if gap:
+                print(
+                    f"party-rates: partition {partition}: {gap}; reading from {low}",
+                    file=sys.stderr,
+                )
+                state.next_offset = low
+        consumer.assign([TopicPartition(self.topic, partition, state.next_offset)])
+        return PartitionReader(self, consumer, partition, state, None if self.follow else high, gap)
+
+
+class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
+    """Reads one partition; each ``next_batch`` returns at most one BatchResult."""
+
+    def __init__(
+        self,
+        source: TopicSource,
+        consumer: Any,
+        partition: int,
+        state: PartitionState,
+        end_offset: int | None,
+        gap: str | None,
+    ) -> None:
+        self.source = source
+        self.consumer = consumer
+        self.partition = partition
+        self.state = state
+        self.end_offset = end_offset
+        self.first_offset = state.next_offset
+        self.gap = gap
+        self.started = False
+        self.done = False
+        self.awake: datetime | None = None
+
+    def _finished(self) -> bool:
+        return self.end_offset is not None and self.state.next_offset >= self.end_offset
+
+    def next_batch(self) -> list[BatchResult]:
+        if self.done:
+            raise StopIteration
+        msgs = [] if self._finished() else self.consumer.consume(self.source.batch_size, 0)
+        good = []
+        caught_up = False
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                if self.end_offset is not None and msg.offset() >= self.end_offset:
+                    break
+                good.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                caught_up = True
+                if self.end_offset is not None and msg.offset() >= self.end_offset:
+                    self.state.next_offset = max(self.state.next_offset, self.end_offset)
+            else:
+                if err.fatal():
+                    raise SourceError(
+                        f"Kafka error on {self.source.topic}[{self.partition}]: {err.str()}"
+                    )
+                print(f"party-rates: Kafka: {err.str()} (retrying)", file=sys.stderr)
+        self.awake = None if good else datetime.now(UTC) + timedelta(milliseconds=20)
+        first = not self.started
+        self.started = True
+        if self._finished() or (
+            good and self.end_offset is not None and good[-1].offset() + 1 >= self.end_offset
+        ):
+            self.done = True
+        if not good and not first and not self.done and not (caught_up and self.source.follow):
+            return []
+        result = process_batch(
+            self.state,
+            self.partition,
+            good,
+            lateness_us=self.source.lateness_us,
+            dedup_horizon_us=self.source.dedup_horizon_us,
+            first_offset=self.first_offset,
+            end_offset=self.end_offset,
+            seen_at=datetime.now(UTC),
+            report=first or self.done or caught_up,
+            pending=not (self.done or caught_up),
+        )
+        if first and self.gap:
+            result = result._replace(stats=result.stats._replace(gap=self.gap))
+        return [result]
+
+    def next_awake(self) -> datetime | None:
+        return self.awake
+
+    def snapshot(self) -> Snapshot:
+        s = self.state
+        return (
+            s.next_offset,
+            s.max_t_us,
+            dict(s.dedup.ids),
+            {b: list(v) for b, v in s.dedup.buckets.items()},
+        )
+
+    def close(self) -> None:
+        self.consumer.close()

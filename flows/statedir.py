@@ -1,0 +1,98 @@
+"""The state directory: Bytewax recovery partitions, what they belong to, and a run lock.
+
+The state is only valid for the topic, window length and output it was made with. A
+mismatch is refused with a message that says what to do, instead of silently producing
+wrong numbers. One run at a time per state directory (per process of a cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from bytewax.recovery import init_db_dir
+
+from flows.settings import Settings
+
+STATE_FORMAT = 1
+META = "party_rates_state.json"
+RECOVERY_PARTITIONS = 1
+
+
+class StateError(RuntimeError):
+    """The state directory cannot be used with these settings."""
+
+
+def state_meta(settings: Settings) -> dict[str, object]:
+    return {
+        "format": STATE_FORMAT,
+        "topic": settings.topic,
+        "window": settings.window,
+        "window_us": settings.window_us,
+        "output": settings.output,
+    }
+
+
+class StateDir:
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.recovery = self.path / "recovery"
+
+    @contextlib.contextmanager
+    def locked(self, process_id: int | None) -> Iterator[None]:
+        """Hold the run lock, or raise StateError if another run holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        name = ".lock" if process_id is None else f".lock-{process_id}"
+        with open(self.path / name, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateError(
+                    f"another run is using the state directory {self.path}; "
+                    "wait for it to finish (runs of one job must not overlap)"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def prepare(self, settings: Settings) -> None:
+        """Check the state belongs to these settings (or create it)."""
+        meta_file = self.path / META
+        want = state_meta(settings)
+        if meta_file.exists():
+            try:
+                have = json.loads(meta_file.read_text())
+            except ValueError:
+                raise StateError(f"{meta_file} is not readable JSON") from None
+            if have.get("format") != STATE_FORMAT:
+                raise StateError(
+                    f"state in {self.path} has format {have.get('format')}, this version uses "
+                    f"{STATE_FORMAT}; start with a fresh --state and --output"
+                )
+            for key, label in (("topic", "topic"), ("window_us", "window"), ("output", "output")):
+                if have.get(key) != want[key]:
+                    shown = have.get("window") if key == "window_us" else have.get(key)
+                    mine = want["window"] if key == "window_us" else want[key]
+                    hint = (
+                        "changing the window length needs a fresh --state and a fresh --output"
+                        if key == "window_us"
+                        else f"use the state directory made for this {label}"
+                    )
+                    raise StateError(
+                        f"state in {self.path} was made for {label} {shown!r}, not {mine!r}: {hint}"
+                    )
+        elif self.recovery.exists() and any(self.recovery.iterdir()):
+            raise StateError(
+                f"{self.path} holds recovery data but no {META}: it was not made by this "
+                "version; start with a fresh --state and --output"
+            )
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            meta_file.write_text(json.dumps(want, indent=2))
+        if not self.recovery.exists():
+            self.recovery.mkdir(parents=True)
+            init_db_dir(self.recovery, RECOVERY_PARTITIONS)

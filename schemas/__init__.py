@@ -1,0 +1,1 @@
+"""Event models of the session-history topic and the Parquet output schemas."""

@@ -1,0 +1,91 @@
+"""The output contract: pyarrow schemas of every dataset the job writes, defined once.
+
+Sinks build their tables with these schemas and readers load with them; no schema is
+ever inferred from a batch. Each field carries a ``description`` in its metadata, which
+is written into the Parquet files and rendered into the data dictionary.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def _f(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"description": description})
+
+
+RATES_PARTITION_SCHEMA = pa.schema(
+    [
+        _f("namespace", pa.string(), "Game namespace the events belong to (envelope `namespace`)."),
+        _f("date", pa.date32(), "UTC date of `window_start`."),
+    ]
+)
+"""Hive partition columns of ``party_rates/``: in the directory names only."""
+
+RATES_FILE_SCHEMA = pa.schema(
+    [
+        _f("window_start", UTC_US, "Start of the tumbling event-time window, inclusive.", False),
+        _f("window_end", UTC_US, "End of the window, exclusive.", False),
+        _f("disconnected", pa.int64(), "Distinct PartyDisconnectedEvent in the window.", False),
+        _f("rejoined", pa.int64(), "Distinct PartyRejoinedEvent in the window.", False),
+        _f("dropped", pa.int64(), "Distinct PartyDroppedEvent in the window.", False),
+        _f("rejected", pa.int64(), "Distinct PartyRejectedEvent (invite rejections).", False),
+        _f("users_disconnected", pa.int64(), "Distinct userId among the disconnects.", False),
+        _f(
+            "parties_affected",
+            pa.int64(),
+            "Distinct sessionId (party) among disconnected, rejoined and dropped events.",
+            False,
+        ),
+        _f("disconnects_per_min", pa.float64(), "disconnected / window minutes.", False),
+        _f("drops_per_min", pa.float64(), "dropped / window minutes.", False),
+        _f("drop_ratio", pa.float64(), "dropped / disconnected; null when disconnected is 0."),
+        _f("rejoin_ratio", pa.float64(), "rejoined / disconnected; null when disconnected is 0."),
+        _f(
+            "is_final",
+            pa.bool_(),
+            "True once the watermark passed window_end: the row never changes again. "
+            "False: the window was still open when the run stopped; a later run replaces it.",
+            False,
+        ),
+    ]
+)
+"""Columns stored in each ``party_rates`` Parquet file."""
+
+RATES_SCHEMA = pa.schema(list(RATES_PARTITION_SCHEMA) + list(RATES_FILE_SCHEMA))
+"""What a reader of ``party_rates/`` sees: partition columns first, then the file columns."""
+
+RATES_PARTITIONING = ds.partitioning(RATES_PARTITION_SCHEMA, flavor="hive")
+
+LATE_EVENTS_SCHEMA = pa.schema(
+    [
+        _f("id", pa.string(), "Event id (envelope `id`).", False),
+        _f("namespace", pa.string(), "Event namespace.", False),
+        _f("name", pa.string(), "Event name, one of the four counted Party events.", False),
+        _f("event_time", UTC_US, "The event's time (timestampUnixNano, else timestamp).", False),
+        _f("partition", pa.int32(), "Kafka partition the event was read from.", False),
+        _f("offset", pa.int64(), "Kafka offset of the message.", False),
+        _f("key", pa.binary(), "Raw message key."),
+        _f("value", pa.binary(), "Raw message value, as read."),
+    ]
+)
+"""``late_events/``: counted events that arrived after their window was final."""
+
+DEAD_LETTERS_SCHEMA = pa.schema(
+    [
+        _f("partition", pa.int32(), "Kafka partition of the message.", False),
+        _f("offset", pa.int64(), "Kafka offset of the message.", False),
+        _f("key", pa.binary(), "Raw message key."),
+        _f("value", pa.binary(), "Raw message value; null for a tombstone."),
+        _f("error", pa.string(), "Why the message could not be used.", False),
+        _f("seen_at", UTC_US, "Wall-clock time the job first read the message.", False),
+    ]
+)
+"""``dead_letters/``: messages naming a counted event, or unreadable, that could not be used."""
+
+RATES_KEY = ("namespace", "window_start")
+LATE_KEY = ("partition", "offset")
+DEAD_KEY = ("partition", "offset")
