@@ -18,8 +18,8 @@ MAX_EVENT_US = 4_102_444_800 * US_PER_S  # 2100-01-01T00:00:00Z
 a stray year-9999 timestamp would otherwise push the watermark past every window."""
 
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -103,7 +103,7 @@ def format_us(us: int) -> str:
 
 def parse_duration_us(text: str) -> int:
     """Parse ``90s``, ``5m``, ``1h``, ``1d`` or plain seconds into microseconds."""
-    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)?\s*", text)
+    m = re.fullmatch(r"\s*([0-9]+)\s*(ms|s|m|h|d)?\s*", text)
     if m is None:
         raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h or 1d")
     unit = {"ms": 1_000, "s": US_PER_S, None: US_PER_S, "m": 60 * US_PER_S}

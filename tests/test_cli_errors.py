@@ -1,0 +1,91 @@
+"""Bad settings, unreachable brokers, missing topics and misused state: one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.broker import free_port
+from flows.statedir import StateDir
+from tests.helpers import run_cli, run_job
+
+
+def _one_clear_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("party-rates: error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "word"),
+    [
+        ("--window", "five minutes", "window"),
+        ("--allowed-lateness", "-1m", "allowed-lateness"),
+        ("--workers", "0", "workers"),
+        ("--kafka-config", "no-equals-sign", "KEY=VALUE"),
+    ],
+)
+def test_bad_setting_stops_with_one_line(tmp_path: Path, flag: str, value: str, word: str) -> None:
+    result = run_cli(
+        "run", "--output", str(tmp_path / "o"), "--state", str(tmp_path / "s"), f"{flag}={value}"
+    )
+    assert result.returncode == 2
+    assert word in _one_clear_line(result.stderr)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_setting_from_environment(tmp_path: Path) -> None:
+    env = {"PARTY_RATES_OUTPUT": str(tmp_path / "o"), "PARTY_RATES_STATE": str(tmp_path / "s")}
+    result = run_cli("run", env={**env, "PARTY_RATES_WINDOW": "0s"})
+    assert result.returncode == 2
+    assert "window" in _one_clear_line(result.stderr)
+
+
+def test_unreachable_broker(tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    result = run_cli(
+        "run", "--brokers", dead, "--output", str(tmp_path / "o"), "--state", str(tmp_path / "s"),
+        "--connect-timeout", "3s", timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert dead in _one_clear_line(result.stderr)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.broker
+def test_missing_topic_lists_what_exists(broker, tmp_path: Path) -> None:
+    existing = broker.new_topic(partitions=1)
+    result = run_cli(
+        "run", "--brokers", broker.bootstrap, "--topic", "no-such-topic",
+        "--output", str(tmp_path / "o"), "--state", str(tmp_path / "s"),
+    )  # fmt: skip
+    assert result.returncode == 3
+    line = _one_clear_line(result.stderr)
+    assert "no-such-topic" in line
+    assert existing in line
+
+
+@pytest.mark.broker
+def test_state_for_another_window_is_refused(broker, tmp_path: Path) -> None:
+    topic = broker.new_topic(partitions=1)
+    run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s", "--window", "5m")
+    result = run_cli(
+        "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(tmp_path / "o"),
+        "--state", str(tmp_path / "s"), "--window", "1m",
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert "fresh --state" in _one_clear_line(result.stderr)
+
+
+@pytest.mark.broker
+def test_second_run_on_same_state_refuses(broker, tmp_path: Path) -> None:
+    topic = broker.new_topic(partitions=1)
+    with StateDir(str(tmp_path / "s")).locked(None):
+        result = run_cli(
+            "run", "--brokers", broker.bootstrap, "--topic", topic,
+            "--output", str(tmp_path / "o"), "--state", str(tmp_path / "s"),
+        )  # fmt: skip
+    assert result.returncode == 4
+    assert "another run" in _one_clear_line(result.stderr)

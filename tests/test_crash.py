@@ -1,0 +1,65 @@
+"""kill -9 in the middle of a run, then a normal run: the same output as no crash."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.analysis import load_dead_letters, load_late_events, load_manifests
+from flows.simulator import SimConfig, generate, produce
+from tests.helpers import CLI, REPO, assert_same_rows, job_rows, run_job
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def _snapshotted_epoch(state: Path) -> int:
+    db = state / "recovery" / "part-0.sqlite3"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            row = conn.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0] or 0)
+
+
+def _log_rows(out: Path) -> tuple[list, list]:
+    late = sorted(map(tuple, load_late_events(out)[["partition", "offset"]].values.tolist()))
+    dead = sorted(map(tuple, load_dead_letters(out)[["partition", "offset"]].values.tolist()))
+    return late, dead
+
+
+def test_kill_9_mid_run_then_resume(broker, tmp_path: Path) -> None:
+    topic = broker.new_topic()
+    messages, _ = generate(SimConfig(messages=100_000, namespaces=10, hours=8, seed=3))
+    produce(broker.bootstrap, topic, messages)
+    run_job(broker.bootstrap, topic, tmp_path / "clean", tmp_path / "clean-state")
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    args = ["run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
+    args += ["--state", str(state), "--progress", "off", "--batch-size", "20"]
+    args += ["--snapshot-interval", "1s"]
+    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    # Wait for the second snapshot, polling the recovery store the run writes.
+    while _snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    assert not (out / "_runs").exists(), "the run was already writing its output"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    run_job(broker.bootstrap, topic, out, state)
+    assert_same_rows(job_rows(out), job_rows(tmp_path / "clean"))
+    assert _log_rows(out) == _log_rows(tmp_path / "clean")
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    manifests = load_manifests(out)
+    assert [m["status"] for m in manifests].count("interrupted") == 1
+    assert sum(m["counts"]["messages"] for m in manifests) == len(messages)
