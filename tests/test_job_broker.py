@@ -193,3 +193,14 @@ def test_manifest_records_settings_without_secrets(broker, tmp_path: Path) -> No
     text = json.dumps(load_manifests(tmp_path / "out"))
     assert "hunter2" not in text and "hunter2" not in result.stderr
     assert '"security.protocol": "PLAINTEXT"' in text
+
+
+def test_two_workers_equal_one(broker, tmp_path: Path) -> None:
+    topic = broker.new_topic(partitions=3)
+    messages, _ = generate(SMALL)
+    produce(broker.bootstrap, topic, messages)
+    run_job(broker.bootstrap, topic, tmp_path / "w1", tmp_path / "s1")
+    run_job(broker.bootstrap, topic, tmp_path / "w2", tmp_path / "s2", "--workers", "2")
+    assert_same_rows(job_rows(tmp_path / "w2"), job_rows(tmp_path / "w1"))
+    (m1,), (m2,) = load_manifests(tmp_path / "w1"), load_manifests(tmp_path / "w2")
+    assert m1["counts"] == m2["counts"]

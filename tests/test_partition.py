@@ -1,0 +1,371 @@
+"""process_batch: counting identity, duplicates, lateness, dedup memory, chunks, progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from flows.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
+from flows.items import BatchResult, Chunk, Counts, EventRef, Progress
+from flows.partition import DedupMemory, PartitionState, process_batch
+from schemas.events import DISCONNECTED, DROPPED, REJECTED, REJOINED
+
+T0 = parse_rfc3339_us("2024-05-01T12:00:00Z")
+MIN = 60 * US_PER_S
+LATENESS = 10 * MIN
+HORIZON = 10 * MIN
+BUCKET = MIN
+SEEN_AT = datetime(2024, 5, 2, tzinfo=UTC)
+PARTITION = 3
+
+
+@dataclass
+class Msg:
+    """The three methods of a Kafka message the processor calls."""
+
+    _value: bytes | None
+    _offset: int
+    _key: bytes | None = None
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def event_bytes(
+    event_id: str,
+    t_us: int,
+    name: str = "PartyDisconnectedEvent",
+    namespace: str = "ns-a",
+    **extra: Any,
+) -> bytes:
+    doc = {
+        "id": event_id,
+        "name": name,
+        "namespace": namespace,
+        "timestamp": "2000-01-01T00:00:00Z",
+        "timestampUnixNano": t_us * 1000,
+        "userId": f"u-{event_id}",
+        "sessionId": f"s-{event_id}",
+    }
+    return orjson.dumps(doc | extra)
+
+
+def other_bytes(event_id: str) -> bytes:
+    return orjson.dumps({"id": event_id, "name": "PartyCreatedEvent", "namespace": "ns-a"})
+
+
+def batch(values: list[bytes | None], first_offset: int = 0) -> list[Msg]:
+    return [
+        Msg(v, first_offset + i, f"k{first_offset + i}".encode()) for i, v in enumerate(values)
+    ]
+
+
+def run(
+    state: PartitionState, msgs: list[Msg], *, report: bool = False, pending: bool = True
+) -> BatchResult:
+    return process_batch(
+        state,
+        PARTITION,
+        msgs,  # type: ignore[arg-type]
+        lateness_us=LATENESS,
+        dedup_horizon_us=HORIZON,
+        first_offset=0,
+        end_offset=None,
+        seen_at=SEEN_AT,
+        report=report,
+        pending=pending,
+    )
+
+
+def new_state(next_offset: int = 0) -> PartitionState:
+    return PartitionState(next_offset, BUCKET)
+
+
+def identity_holds(c: Counts) -> bool:
+    return c.counted + c.skipped + c.duplicates + c.late + c.dead_letters == c.messages
+
+
+# --- counting --------------------------------------------------------------------------------
+
+
+def test_every_message_is_counted_once() -> None:
+    msgs = batch(
+        [
+            event_bytes("a", T0 + 20 * MIN),  # counted, sets the max
+            other_bytes("x"),  # skipped
+            event_bytes("b", T0 + 15 * MIN, "PartyRejoinedEvent"),  # counted
+            event_bytes("a", T0 + 20 * MIN),  # duplicate
+            event_bytes("c", T0 + 5 * MIN),  # late: more than 10 min behind the max
+            None,  # dead letter: tombstone
+            b"not json",  # dead letter
+            event_bytes("d", T0, timestamp="1999-12-31T23:59:59Z", timestampUnixNano=None),  # range
+        ]
+    )
+    result = run(new_state(), msgs)
+    counts = result.stats.counts
+    assert counts == Counts(
+        messages=8, counted=2, skipped=1, duplicates=1, late=1, dead_letters=3
+    )
+    assert identity_holds(counts)
+    assert len(result.late) == counts.late
+    assert len(result.dead) == counts.dead_letters
+    assert sum(len(c.events) for c in result.chunks.values()) == counts.counted
+
+
+def test_dead_letter_rows() -> None:
+    msgs = batch([None, b"[1]"], first_offset=40)
+    result = run(new_state(40), msgs)
+    assert [(r["offset"], r["key"], r["value"]) for r in result.dead] == [
+        (40, b"k40", None),
+        (41, b"k41", b"[1]"),
+    ]
+    for row in result.dead:
+        assert row["partition"] == PARTITION
+        assert row["seen_at"] == SEEN_AT
+        assert isinstance(row["error"], str)
+        assert row["error"]
+    assert "tombstone" in result.dead[0]["error"]
+
+
+def test_empty_batch() -> None:
+    state = new_state(17)
+    result = run(state, [])
+    assert result.stats.counts == Counts()
+    assert result.chunks == {}
+    assert result.progress is None
+    assert state.next_offset == 17
+    assert result.stats.next_offset == 17
+
+
+# --- duplicates --------------------------------------------------------------------------------
+
+
+def test_duplicates_within_a_batch_are_counted_once() -> None:
+    msgs = batch([event_bytes("a", T0), event_bytes("a", T0), event_bytes("a", T0 + 1)])
+    result = run(new_state(), msgs)
+    assert result.stats.counts.counted == 1
+    assert result.stats.counts.duplicates == 2
+    assert [e.id for e in result.chunks["ns-a"].events] == ["a"]
+    assert [e.offset for e in result.chunks["ns-a"].events] == [0]
+
+
+def test_duplicates_across_batches() -> None:
+    state = new_state()
+    first = run(state, batch([event_bytes("a", T0), event_bytes("b", T0)]))
+    assert first.stats.counts.counted == 2
+    second = run(state, batch([event_bytes("b", T0 + MIN), event_bytes("c", T0)], 2))
+    assert second.stats.counts.counted == 1
+    assert second.stats.counts.duplicates == 1
+    assert [e.id for e in second.chunks["ns-a"].events] == ["c"]
+    assert identity_holds(second.stats.counts)
+
+
+def test_duplicates_are_per_partition_state() -> None:
+    run(new_state(), batch([event_bytes("a", T0)]))
+    other = run(new_state(), batch([event_bytes("a", T0)]))
+    assert other.stats.counts.counted == 1
+
+
+# --- lateness ------------------------------------------------------------------------------
+
+
+def test_late_event_goes_to_late_rows() -> None:
+    state = new_state()
+    run(state, batch([event_bytes("a", T0 + 30 * MIN)]))
+    assert state.max_t_us == T0 + 30 * MIN
+    msgs = batch(
+        [
+            event_bytes("edge", T0 + 20 * MIN),  # exactly max - lateness: on time
+            event_bytes("late", T0 + 20 * MIN - 1, "PartyDroppedEvent", "ns-b"),
+        ],
+        first_offset=1,
+    )
+    result = run(state, msgs)
+    assert result.stats.counts.counted == 1
+    assert result.stats.counts.late == 1
+    assert [e.id for e in result.chunks["ns-a"].events] == ["edge"]
+    assert "ns-b" not in result.chunks
+    (row,) = result.late
+    assert row == {
+        "id": "late",
+        "namespace": "ns-b",
+        "name": "PartyDroppedEvent",
+        "event_time": to_datetime(T0 + 20 * MIN - 1),
+        "partition": PARTITION,
+        "offset": 2,
+        "key": b"k2",
+        "value": msgs[1].value(),
+    }
+
+
+def test_lateness_uses_the_max_reached_earlier_in_the_same_batch() -> None:
+    msgs = batch([event_bytes("new", T0 + 60 * MIN), event_bytes("old", T0)])
+    result = run(new_state(), msgs)
+    assert result.stats.counts.counted == 1
+    assert [r["id"] for r in result.late] == ["old"]
+
+
+def test_first_event_is_never_late_and_max_only_grows() -> None:
+    state = new_state()
+    run(state, batch([event_bytes("a", T0)]))
+    run(state, batch([event_bytes("b", T0 - 5 * MIN)], 1))
+    assert state.max_t_us == T0
+
+
+def test_late_and_duplicate_events_do_not_move_the_max() -> None:
+    state = new_state()
+    run(state, batch([event_bytes("a", T0 + 30 * MIN)]))
+    run(state, batch([event_bytes("b", T0)], 1))  # late
+    assert state.max_t_us == T0 + 30 * MIN
+
+
+# --- dedup memory -----------------------------------------------------------------------------
+
+
+def test_dedup_memory_add_and_forget() -> None:
+    mem = DedupMemory(BUCKET)
+    assert mem.add("a", T0)
+    assert mem.add("b", T0 + BUCKET)
+    assert not mem.add("a", T0 + 5 * BUCKET)
+    assert len(mem) == 2
+    mem.forget_before(T0 + BUCKET - 1)  # a's bucket is not wholly before: kept
+    assert len(mem) == 2
+    mem.forget_before(T0 + BUCKET)
+    assert len(mem) == 1
+    assert mem.add("a", T0)  # forgotten, so new again
+    assert not mem.add("b", T0)
+    mem.forget_before(T0 + 10 * BUCKET)
+    assert len(mem) == 0
+
+
+def test_process_batch_forgets_ids_beyond_the_horizon() -> None:
+    state = new_state()
+    run(state, batch([event_bytes("a", T0), event_bytes("b", T0 + 5 * MIN)]))
+    assert len(state.dedup) == 2
+    # max - horizon = T0 + 5m30s: a's minute is wholly before it, b's minute is not
+    run(state, batch([event_bytes("c", T0 + 15 * MIN + 30 * US_PER_S)], 2))
+    assert len(state.dedup) == 2
+    assert state.dedup.add("a", T0)
+    assert not state.dedup.add("b", T0)
+    assert not state.dedup.add("c", T0)
+
+
+def test_a_forgotten_id_coming_back_is_late_not_counted() -> None:
+    state = new_state()
+    run(state, batch([event_bytes("a", T0)]))
+    run(state, batch([event_bytes("z", T0 + 60 * MIN)], 1))
+    assert len(state.dedup) == 1
+    again = run(state, batch([event_bytes("a", T0)], 2))
+    assert again.stats.counts.late == 1
+    assert again.stats.counts.counted == 0
+
+
+def test_longer_dedup_horizon_keeps_ids() -> None:
+    state = new_state()
+    msgs = batch([event_bytes("a", T0), event_bytes("z", T0 + 30 * MIN)])
+    process_batch(
+        state,
+        PARTITION,
+        msgs,  # type: ignore[arg-type]
+        lateness_us=LATENESS,
+        dedup_horizon_us=60 * MIN,
+        first_offset=0,
+        end_offset=None,
+        seen_at=SEEN_AT,
+    )
+    assert len(state.dedup) == 2
+
+
+# --- chunks ----------------------------------------------------------------------------------
+
+
+def test_chunks_group_by_namespace() -> None:
+    msgs = batch(
+        [
+            event_bytes("1", T0, "PartyDisconnectedEvent", "ns-a"),
+            event_bytes("2", T0 + 1, "PartyRejoinedEvent", "ns-b"),
+            other_bytes("x"),
+            event_bytes("3", T0 + 2, "PartyDroppedEvent", "ns-a"),
+            event_bytes("4", T0 + 3, "PartyRejectedEvent", "ns-b"),
+            b"garbage",  # the last message is not an event: still sets next_offset
+        ],
+        first_offset=100,
+    )
+    state = new_state(100)
+    result = run(state, msgs)
+    assert set(result.chunks) == {"ns-a", "ns-b"}
+    a, b = result.chunks["ns-a"], result.chunks["ns-b"]
+    assert isinstance(a, Chunk)
+    assert (a.namespace, a.partition, a.next_offset) == ("ns-a", PARTITION, 106)
+    assert (b.namespace, b.partition, b.next_offset) == ("ns-b", PARTITION, 106)
+    assert state.next_offset == 106
+    assert result.stats.next_offset == 106
+    assert a.events == [
+        EventRef(T0, DISCONNECTED, "1", "u-1", "s-1", 100, b"k100", msgs[0].value() or b""),
+        EventRef(T0 + 2, DROPPED, "3", "u-3", "s-3", 103, b"k103", msgs[3].value() or b""),
+    ]
+    assert [(e.kind, e.offset) for e in b.events] == [(REJOINED, 101), (REJECTED, 104)]
+
+
+def test_next_offset_follows_gaps_in_offsets() -> None:
+    msgs = [Msg(event_bytes("a", T0), 10), Msg(event_bytes("b", T0), 25)]
+    state = new_state(10)
+    result = run(state, msgs)
+    assert result.chunks["ns-a"].next_offset == 26
+    assert state.next_offset == 26
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+
+def test_progress_only_with_events_or_when_asked() -> None:
+    state = new_state()
+    skipped_only = run(state, batch([other_bytes("x"), b"junk"]))
+    assert skipped_only.progress is None
+
+    reported = run(state, batch([other_bytes("y")], 2), report=True, pending=False)
+    assert reported.progress == Progress(PARTITION, 3, None, False, {})
+
+    with_events = run(
+        state,
+        batch(
+            [
+                event_bytes("a", T0 + 5, namespace="ns-a"),
+                event_bytes("b", T0 + 9, namespace="ns-b"),
+                event_bytes("c", T0 + 7, namespace="ns-a"),
+            ],
+            3,
+        ),
+    )
+    assert with_events.progress == Progress(
+        PARTITION, 6, T0 + 9, True, {"ns-a": T0 + 7, "ns-b": T0 + 9}
+    )
+
+
+def test_progress_not_sent_when_all_events_were_duplicates_or_late() -> None:
+    state = new_state()
+    run(state, batch([event_bytes("a", T0 + 60 * MIN)]))
+    result = run(state, batch([event_bytes("a", T0 + 60 * MIN), event_bytes("b", T0)], 1))
+    assert result.stats.counts.duplicates == 1
+    assert result.stats.counts.late == 1
+    assert result.progress is None
+    reported = run(state, [], report=True)
+    assert reported.progress == Progress(PARTITION, 3, T0 + 60 * MIN, True, {})
+
+
+def test_progress_max_is_the_partition_max_not_the_batch_max() -> None:
+    state = new_state()
+    run(state, batch([event_bytes("a", T0 + 9 * MIN)]))
+    result = run(state, batch([event_bytes("b", T0 + MIN)], 1))
+    assert result.progress is not None
+    assert result.progress.max_t_us == T0 + 9 * MIN
+    assert result.progress.namespaces == {"ns-a": T0 + MIN}
