@@ -87,9 +87,11 @@ def _explain(value: bytes, err: ValidationError) -> str | None:
         return f"not JSON: {str(exc)[:200]}"
     if not isinstance(doc, dict):
         return f"not a JSON object but {type(doc).__name__}"
-    if doc.get("name") not in KIND_OF_NAME:
-        return None
+    name = doc.get("name")
+    if isinstance(name, str) and name not in KIND_OF_NAME:
+        return None  # another event kind, whatever else is wrong with it
     first = err.errors(include_url=False)[0]
     where = ".".join(str(p) for p in first["loc"]) or "(root)"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"invalid {doc['name']}: {where}: {first['msg']}{more}"[:500]
+    what = name if isinstance(name, str) else "envelope"
+    return f"invalid {what}: {where}: {first['msg']}{more}"[:500]

@@ -64,9 +64,7 @@ def other_bytes(event_id: str) -> bytes:
 
 
 def batch(values: list[bytes | None], first_offset: int = 0) -> list[Msg]:
-    return [
-        Msg(v, first_offset + i, f"k{first_offset + i}".encode()) for i, v in enumerate(values)
-    ]
+    return [Msg(v, first_offset + i, f"k{first_offset + i}".encode()) for i, v in enumerate(values)]
 
 
 def run(
@@ -112,9 +110,7 @@ def test_every_message_is_counted_once() -> None:
     )
     result = run(new_state(), msgs)
     counts = result.stats.counts
-    assert counts == Counts(
-        messages=8, counted=2, skipped=1, duplicates=1, late=1, dead_letters=3
-    )
+    assert counts == Counts(messages=8, counted=2, skipped=1, duplicates=1, late=1, dead_letters=3)
     assert identity_holds(counts)
     assert len(result.late) == counts.late
     assert len(result.dead) == counts.dead_letters
