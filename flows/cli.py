@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -36,6 +38,10 @@ FLAGS: dict[str, dict[str, Any]] = {
     "progress": {"choices": ["auto", "bar", "log", "off"], "help": "progress display"},
     "run_id": {"help": "id of this run (default: start time + random)"},
 }
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM: the run stops; the next one resumes from the last snapshot."""
 
 
 class Fail(Exception):
@@ -111,8 +117,10 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     except SourceError as err:
         raise Fail(EXIT_KAFKA, str(err)) from None
     except KeyboardInterrupt:
-        raise Fail(130, "interrupted; the next run resumes from the last snapshot") from None
+        raise Stopped() from None
     except Exception as err:  # the dataflow failed: find our own error in the chain
+        if "signal received" in str(err):
+            raise Stopped() from None
         cause: BaseException | None = err
         while cause is not None:
             if isinstance(cause, SourceError):
@@ -142,7 +150,14 @@ def summary(manifest: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = parse_settings(args)
-    manifest = run_job(settings)
+    try:
+        manifest = run_job(settings)
+    except Stopped:
+        print(
+            "party-rates: stopped by a signal; the next run resumes from the last snapshot",
+            file=sys.stderr,
+        )
+        return 0 if settings.follow else 130
     if manifest:
         print(summary(manifest), file=sys.stderr)
     return 0
@@ -205,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (Kubernetes, systemd) stops a run like Ctrl-C: it resumes from the last snapshot.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if not args.debug:
+        os.environ["RUST_BACKTRACE"] = "0"  # no runtime backtraces in one-line errors
     try:
         return int(args.func(args))
     except Fail as fail:

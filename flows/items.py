@@ -82,3 +82,8 @@ class BatchResult(NamedTuple):
     late: list[Row]
     dead: list[Row]
     stats: BatchStats
+    idle: bool = False  # an empty batch sent while following, so sinks can flush on time
+
+
+class FlushTick(NamedTuple):
+    """Sent to every sink partition while following: write what is due, even when idle."""

@@ -154,14 +154,17 @@ class ProgressDisplay:
             if ends and None not in ends
             else None
         )
-        elapsed = max(now - self.started, 1e-6)
-        rate = done / elapsed
+        elapsed = now - self.started
+        rate = done / elapsed if elapsed >= 1.0 else 0.0
         c = run["counts"]
         line = f"{done:,} msgs"
         if total:
-            eta = (total - done) / rate if rate > 0 else 0
-            line += f" of {total:,} ({100 * done / total:.0f}%), ETA {eta:.0f}s"
-        line += f", {rate:,.0f} msg/s; counted {c['counted']:,}, late {c['late']:,}, "
+            line += f" of {total:,} ({100 * done / total:.0f}%)"
+            if rate > 0:
+                line += f", ETA {(total - done) / rate:.0f}s"
+        if rate > 0:
+            line += f", {rate:,.0f} msg/s"
+        line += f"; counted {c['counted']:,}, late {c['late']:,}, "
         line += f"dead letters {c['dead_letters']:,}"
         if self.mode == "bar":
             self.out.write("\r\x1b[2K" + line)

@@ -6,13 +6,14 @@ Run it with ``party-rates run`` or, in a Bytewax cluster,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 
-from flows.items import Tick
+from flows.items import BatchResult, FlushTick, Tick
 from flows.logic import ClockLogic, WindowsLogic
 from flows.manifest import ManifestSink
 from flows.settings import Settings
@@ -25,6 +26,10 @@ CLOCK = "clock"
 
 def _ticks(item: tuple[str, tuple[str, Tick]]) -> tuple[str, Tick]:
     return item[1]
+
+
+def _flush_ticks(sink: ParquetSink) -> Callable[[BatchResult], list[tuple[str, FlushTick]]]:
+    return lambda _batch: sink.flush_ticks()
 
 
 def build_flow(
@@ -88,21 +93,19 @@ def build_flow(
     )
     # BatchStats | int: bookkeeping for the manifest and the progress display
 
-    op.output(
-        "party_rates",
-        op.map("route_rates", rows, route(RATES)),
-        ParquetSink(storage, RATES, flush_seconds=flush),
-    )
-    op.output(
-        "late_events",
-        op.map("route_late", late_rows, route(LATE_EVENTS)),
-        ParquetSink(storage, LATE_EVENTS, flush_seconds=flush, parts=2),
-    )
-    op.output(
-        "dead_letters",
-        op.map("route_dead", dead, route(DEAD_LETTERS)),
-        ParquetSink(storage, DEAD_LETTERS, flush_seconds=flush, parts=2),
-    )
+    idle = op.filter("idle", batches, lambda b: b.idle)
+    # BatchResult of an idle partition while following: lets the sinks write on time
+
+    for name, stream, spec, parts in (
+        ("party_rates", rows, RATES, 8),
+        ("late_events", late_rows, LATE_EVENTS, 2),
+        ("dead_letters", dead, DEAD_LETTERS, 2),
+    ):
+        sink = ParquetSink(storage, spec, flush_seconds=flush, parts=parts)
+        routed = op.map(f"route_{name}", stream, route(spec))
+        ticks_in = op.flat_map(f"{name}_ticks", idle, _flush_ticks(sink))
+        op.output(name, op.merge(f"{name}_in", routed, ticks_in), sink)
+        # (file path, row) | (flush key, FlushTick) -> one Parquet file per path
     manifest = ManifestSink(
         storage,
         settings.run_id,

@@ -26,7 +26,7 @@ from zlib import adler32
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from flows.items import Row
+from flows.items import FlushTick, Row
 from flows.storage import Storage, hive_segment
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
@@ -38,6 +38,7 @@ LOG_BLOCK = 10_000_000
 """Late events and dead letters go to one file per Kafka partition and block of offsets."""
 
 MAX_BUFFERED_ROWS = 200_000
+FLUSH_KEY = "\x00flush-"
 
 Buffer = dict[str, dict[Any, Row]]
 
@@ -104,7 +105,7 @@ def merge_into(rows: dict[Any, Row], new: Row, spec: DatasetSpec) -> None:
         rows[key] = new
 
 
-class ParquetSink(FixedPartitionedSink[Row, Buffer]):
+class ParquetSink(FixedPartitionedSink[Row | FlushTick, Buffer]):
     """Idempotent, atomic Parquet writer of one dataset (see the module docstring)."""
 
     def __init__(
@@ -119,22 +120,30 @@ class ParquetSink(FixedPartitionedSink[Row, Buffer]):
         return [f"{self.spec.name}-{i}" for i in range(self.parts)]
 
     def part_fn(self, item_key: str) -> int:
+        if item_key.startswith(FLUSH_KEY):
+            return int(item_key[len(FLUSH_KEY) :])
         return adler32(item_key.encode())
+
+    def flush_ticks(self) -> list[tuple[str, FlushTick]]:
+        """One tick for each of this sink's partitions."""
+        return [(f"{FLUSH_KEY}{i}", FlushTick()) for i in range(self.parts)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Buffer | None) -> ParquetPart:
         return ParquetPart(self, resume_state or {})
 
 
-class ParquetPart(StatefulSinkPartition[Row, Buffer]):
+class ParquetPart(StatefulSinkPartition[Row | FlushTick, Buffer]):
     def __init__(self, sink: ParquetSink, buffer: Buffer) -> None:
         self.sink = sink
         self.buffer: Buffer = {path: dict(rows) for path, rows in buffer.items()}
         self.buffered = sum(len(r) for r in self.buffer.values())
         self.last_flush = time.monotonic()
 
-    def write_batch(self, values: list[Row]) -> None:
+    def write_batch(self, values: list[Row | FlushTick]) -> None:
         spec = self.sink.spec
         for row in values:
+            if isinstance(row, FlushTick):
+                continue
             rows = self.buffer.setdefault(spec.relpath(row), {})
             before = len(rows)
             merge_into(rows, row, spec)
@@ -142,7 +151,7 @@ class ParquetPart(StatefulSinkPartition[Row, Buffer]):
         due = self.sink.flush_seconds is not None and (
             time.monotonic() - self.last_flush >= self.sink.flush_seconds
         )
-        if self.buffered >= MAX_BUFFERED_ROWS or due:
+        if self.buffered >= MAX_BUFFERED_ROWS or (due and self.buffered):
             self.flush()
 
     def flush(self) -> None:

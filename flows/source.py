@@ -24,6 +24,9 @@ from flows.items import BatchResult
 from flows.partition import PartitionState, process_batch
 from flows.settings import Settings
 
+IDLE_TICK_S = 1.0
+"""While following, an idle partition still sends an (empty) result this often."""
+
 Snapshot = tuple[int, int | None, dict[str, int], dict[int, list[str]]]
 
 
@@ -153,6 +156,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         self.started = False
         self.done = False
         self.awake: datetime | None = None
+        self.last_result = time.monotonic()
 
     def _finished(self) -> bool:
         return self.end_offset is not None and self.state.next_offset >= self.end_offset
@@ -186,8 +190,12 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             good and self.end_offset is not None and good[-1].offset() + 1 >= self.end_offset
         ):
             self.done = True
-        if not good and not first and not self.done and not (caught_up and self.source.follow):
+        idle_tick = (
+            self.source.follow and not good and time.monotonic() - self.last_result >= IDLE_TICK_S
+        )
+        if not good and not first and not self.done and not caught_up and not idle_tick:
             return []
+        self.last_result = time.monotonic()
         result = process_batch(
             self.state,
             self.partition,
@@ -202,7 +210,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         )
         if first and self.gap:
             result = result._replace(stats=result.stats._replace(gap=self.gap))
-        return [result]
+        return [result._replace(idle=not good)] if self.source.follow else [result]
 
     def next_awake(self) -> datetime | None:
         return self.awake

@@ -1,0 +1,92 @@
+"""``--follow``: keeps consuming, writes closed windows on time, stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.simulator import SimConfig, generate, produce
+from tests.helpers import (
+    CLI,
+    REPO,
+    assert_same_rows,
+    job_rows,
+    read_topic,
+    reference_rows,
+    run_job,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+MIN = 60_000_000
+
+
+def _wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)  # polling the output a running job writes
+
+
+def _final_rows(out: Path) -> int:
+    try:
+        return int(job_rows(out)["is_final"].sum())
+    except (FileNotFoundError, OSError, ValueError):
+        return 0
+
+
+def test_follow_writes_as_windows_close_and_resumes(broker, tmp_path: Path) -> None:
+    topic = broker.new_topic(partitions=2)
+    messages, _ = generate(SimConfig(messages=8_000, namespaces=5, hours=4, seed=5))
+    half = len(messages) // 2
+    produce(broker.bootstrap, topic, messages[:half])
+    out, state = tmp_path / "out", tmp_path / "state"
+    args = ["run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
+    args += ["--state", str(state), "--follow", "--flush-interval", "1s", "--progress", "off"]
+    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _final_rows(out) > 0, "the first final rows")
+        first = _final_rows(out)
+        produce(broker.bootstrap, topic, messages[half:])
+        _wait_for(lambda: _final_rows(out) > first, "rows of the data produced later")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by a signal" in err
+    assert "Traceback" not in err
+
+    # A scheduled run on the same state finishes the job exactly.
+    run_job(broker.bootstrap, topic, out, state)
+    expected = reference_rows(read_topic(broker.bootstrap, topic, 2), 5 * MIN, 10 * MIN)
+    assert_same_rows(job_rows(out), expected)
+
+
+def test_flow_runs_under_bytewax_run(broker, tmp_path: Path) -> None:
+    """The flow is importable for a Bytewax cluster, settings from PARTY_RATES_*."""
+    topic = broker.new_topic(partitions=2)
+    messages, _ = generate(SimConfig(messages=3_000, namespaces=3, hours=2, seed=9))
+    produce(broker.bootstrap, topic, messages)
+    env = {
+        "PARTY_RATES_BROKERS": broker.bootstrap,
+        "PARTY_RATES_TOPIC": topic,
+        "PARTY_RATES_OUTPUT": str(tmp_path / "out"),
+        "PARTY_RATES_STATE": str(tmp_path / "state"),
+        "PARTY_RATES_PROGRESS": "off",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows.party_rates:build_flow()", "-w", "2"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = reference_rows(read_topic(broker.bootstrap, topic, 2), 5 * MIN, 10 * MIN)
+    assert_same_rows(job_rows(tmp_path / "out"), expected)
