@@ -198,6 +198,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.report import render_report
+
+    output = Path(args.output)
+    if not (output / "party_rates").exists():
+        raise Fail(EXIT_SETTINGS, f"no party_rates dataset under {output}")
+    dest = Path(args.to) if args.to else output / "report.html"
+    render_report(output, dest)
+    print(f"party-rates: report written to {dest}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="party-rates", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -214,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--messages", type=int, default=300_000)
     demo.add_argument("--workers", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
+    report = sub.add_parser("report", help="a static HTML report of an output directory")
+    report.add_argument("--output", required=True, help="the job's output directory")
+    report.add_argument("--to", help="HTML file to write (default OUTPUT/report.html)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
