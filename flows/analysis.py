@@ -1,11 +1,19 @@
-"""Loading the output for analysis: the same schemas and partitioning the job writes with."""
+"""Loading the output for analysis: the same schemas and partitioning the job writes with.
+
+The loaders read the datasets with the contract's schemas (``schemas/output.py``); the other
+functions turn the loaded frames into the tables the notebook, the plots and the HTML report
+show. None of them reads the wall clock: the same output gives the same tables.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -16,6 +24,12 @@ from schemas.output import (
     RATES_PARTITIONING,
     RATES_SCHEMA,
 )
+
+Z_95 = 1.959963984540054
+"""Two-sided 95% standard normal quantile."""
+
+COUNT_COLUMNS = ("disconnected", "rejoined", "dropped", "rejected")
+TimeLike = str | date | datetime | pd.Timestamp | np.datetime64
 
 
 def _dataset(path: Path, schema: pa.Schema, partitioning: Any = None) -> pa.Table:
@@ -58,3 +72,264 @@ def worst_namespaces(rates: pd.DataFrame, top: int = 10, min_disconnects: int = 
     agg["drop_ratio"] = agg["dropped"] / agg["disconnected"]
     agg["rejoin_ratio"] = agg["rejoined"] / agg["disconnected"]
     return agg.sort_values("drop_ratio", ascending=False).head(top)
+
+
+# --- time ranges -------------------------------------------------------------------------
+
+
+def utc_timestamp(value: TimeLike) -> pd.Timestamp:
+    """``value`` as a UTC timestamp; a value without a time zone is taken as UTC."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def filter_dates(
+    df: pd.DataFrame,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    column: str = "window_start",
+) -> pd.DataFrame:
+    """Rows whose ``column`` is in ``[start, end)``; either bound may be None (open).
+
+    Bounds are instants or dates (``"2026-11-27"`` is midnight UTC of that day), so
+    ``start="2026-11-27", end="2026-11-28"`` keeps the windows that start on the 27th.
+    """
+    keep = pd.Series(True, index=df.index)
+    if start is not None:
+        keep &= df[column] >= utc_timestamp(start)
+    if end is not None:
+        keep &= df[column] < utc_timestamp(end)
+    return df[keep]
+
+
+# --- ranking -----------------------------------------------------------------------------
+
+
+def wilson_interval(
+    successes: Any, trials: Any, z: float = Z_95
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Wilson score interval of a binomial proportion, element-wise.
+
+    Returns ``(low, high)`` arrays; NaN where ``trials`` is 0. ``successes`` above ``trials``
+    (possible for drops over disconnects, see the rate definitions) are taken as ``trials``.
+    """
+    n = np.asarray(trials, dtype=float)
+    k = np.minimum(np.asarray(successes, dtype=float), n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = k / n
+        z2 = z * z
+        denom = 1.0 + z2 / n
+        center = (p + z2 / (2 * n)) / denom
+        half = z / denom * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+        low = np.where(n > 0, np.clip(center - half, 0.0, 1.0), np.nan)
+        high = np.where(n > 0, np.clip(center + half, 0.0, 1.0), np.nan)
+    return np.atleast_1d(low), np.atleast_1d(high)
+
+
+def rank_namespaces(
+    rates: pd.DataFrame,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    min_disconnects: int = 20,
+    *,
+    final_only: bool = True,
+    z: float = Z_95,
+) -> pd.DataFrame:
+    """Namespaces from the worst drop ratio down, over the windows in ``[start, end)``.
+
+    One row per namespace with at least ``min_disconnects`` disconnects in the range:
+    ``rank``, ``namespace``, ``windows``, the summed counts, ``drop_ratio`` (summed drops over
+    summed disconnects), ``ci_low``/``ci_high`` (Wilson interval, 95% by default),
+    ``rejoin_ratio`` and the first and last window. Only final windows count unless
+    ``final_only`` is False. Ties are broken by volume (more disconnects first), then name.
+    """
+    df = filter_dates(rates, start, end)
+    if final_only:
+        df = df[df["is_final"]]
+    columns = [
+        "rank",
+        "namespace",
+        "windows",
+        *COUNT_COLUMNS,
+        "drop_ratio",
+        "ci_low",
+        "ci_high",
+        "rejoin_ratio",
+        "first_window",
+        "last_window",
+    ]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    agg = df.groupby(df["namespace"].astype(str), observed=True).agg(
+        windows=("window_start", "size"),
+        disconnected=("disconnected", "sum"),
+        rejoined=("rejoined", "sum"),
+        dropped=("dropped", "sum"),
+        rejected=("rejected", "sum"),
+        first_window=("window_start", "min"),
+        last_window=("window_start", "max"),
+    )
+    agg = agg[agg["disconnected"] >= max(min_disconnects, 1)].reset_index()
+    agg["drop_ratio"] = agg["dropped"] / agg["disconnected"]
+    agg["rejoin_ratio"] = agg["rejoined"] / agg["disconnected"]
+    low, high = wilson_interval(agg["dropped"], agg["disconnected"], z)
+    agg["ci_low"], agg["ci_high"] = low, high
+    agg = agg.sort_values(
+        ["drop_ratio", "disconnected", "namespace"], ascending=[False, False, True]
+    ).reset_index(drop=True)
+    agg["rank"] = np.arange(1, len(agg) + 1)
+    return agg[columns]
+
+
+# --- time series -------------------------------------------------------------------------
+
+
+def window_length(rates: pd.DataFrame) -> pd.Timedelta:
+    """The windows' length (every row of one output has the same)."""
+    if rates.empty:
+        return pd.Timedelta(minutes=5)
+    return pd.Timedelta((rates["window_end"] - rates["window_start"]).iloc[0])
+
+
+def namespace_series(
+    rates: pd.DataFrame, namespace: str, freq: str | pd.Timedelta | None = None
+) -> pd.DataFrame:
+    """One namespace's rates over time, one row per bucket, gaps filled.
+
+    The buckets are the windows themselves (``freq`` None) or ``freq``-long periods aligned
+    to the UTC epoch (``"1h"``) whose counts are summed. A window without a row had no event,
+    so a missing bucket has zero counts and no drop ratio. Columns: ``bucket``, the counts,
+    ``disconnects_per_min``, ``drops_per_min``, ``drop_ratio``, ``rejoin_ratio`` and
+    ``is_final`` (every window of the bucket is final; a gap is final when it comes before
+    the namespace's first provisional window).
+    """
+    rows = rates[rates["namespace"].astype(str) == namespace]
+    step = window_length(rates) if freq is None else pd.Timedelta(freq)
+    if step < window_length(rates):
+        raise ValueError(f"freq {freq!r} is shorter than the windows ({window_length(rates)})")
+    cols = ["bucket", *COUNT_COLUMNS, "disconnects_per_min", "drops_per_min"]
+    cols += ["drop_ratio", "rejoin_ratio", "is_final"]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    epoch = pd.Timestamp(0, tz="UTC")
+    bucket = epoch + ((rows["window_start"] - epoch) // step) * step
+    agg = rows.groupby(bucket.rename("bucket")).agg(
+        disconnected=("disconnected", "sum"),
+        rejoined=("rejoined", "sum"),
+        dropped=("dropped", "sum"),
+        rejected=("rejected", "sum"),
+        is_final=("is_final", "all"),
+    )
+    full = pd.date_range(agg.index.min(), agg.index.max(), freq=step, name="bucket")
+    agg = agg.reindex(full)
+    provisional = agg.index[agg["is_final"].eq(False)]
+    first_provisional = provisional.min() if len(provisional) else None
+    missing = agg["is_final"].isna()
+    agg.loc[missing, "is_final"] = (
+        True if first_provisional is None else agg.index[missing] < first_provisional
+    )
+    agg["is_final"] = agg["is_final"].astype(bool)
+    for col in COUNT_COLUMNS:
+        agg[col] = agg[col].fillna(0).astype("int64")
+    minutes = step / pd.Timedelta(minutes=1)
+    agg["disconnects_per_min"] = agg["disconnected"] / minutes
+    agg["drops_per_min"] = agg["dropped"] / minutes
+    with np.errstate(divide="ignore", invalid="ignore"):
+        agg["drop_ratio"] = (agg["dropped"] / agg["disconnected"]).where(agg["disconnected"] > 0)
+        agg["rejoin_ratio"] = (agg["rejoined"] / agg["disconnected"]).where(agg["disconnected"] > 0)
+    return agg.reset_index()[cols]
+
+
+def drop_ratio_by_hour(
+    rates: pd.DataFrame, namespaces: Sequence[str] | None = None, *, final_only: bool = True
+) -> pd.DataFrame:
+    """Drop ratio by UTC hour of day (columns 0-23) and namespace (rows, in given order).
+
+    Each cell sums the drops and the disconnects of that namespace's windows starting in
+    that hour, over all days; NaN where there was no disconnect.
+    """
+    df = rates[rates["is_final"]] if final_only else rates
+    df = df.assign(namespace=df["namespace"].astype(str), hour=df["window_start"].dt.hour)
+    if namespaces is not None:
+        df = df[df["namespace"].isin(list(namespaces))]
+    sums = df.groupby(["namespace", "hour"])[["dropped", "disconnected"]].sum()
+    ratio = (sums["dropped"] / sums["disconnected"]).where(sums["disconnected"] > 0)
+    order = list(namespaces) if namespaces is not None else sorted(df["namespace"].unique())
+    table = ratio.unstack("hour").reindex(index=order, columns=range(24))
+    table.index.name, table.columns.name = "namespace", "hour"
+    return table.astype(float)
+
+
+# --- data health -------------------------------------------------------------------------
+
+
+def late_events_over_time(late: pd.DataFrame, freq: str = "1h") -> pd.DataFrame:
+    """Late events per ``freq`` of their event time (index), one column per event name."""
+    if late.empty:
+        return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="event_time"))
+    table = (
+        late.groupby([late["event_time"].dt.floor(freq), late["name"].astype(str)])
+        .size()
+        .unstack("name", fill_value=0)
+    )
+    full = pd.date_range(table.index.min(), table.index.max(), freq=freq, name="event_time")
+    return table.reindex(full, fill_value=0)
+
+
+def error_reason(error: str) -> str:
+    """The kind of a dead letter's error: its text up to the first colon."""
+    return error.split(":", 1)[0].strip()
+
+
+def dead_letter_reasons(dead: pd.DataFrame) -> pd.DataFrame:
+    """Dead letters by reason, most frequent first: count, first and last seen, an example."""
+    columns = ["reason", "count", "first_seen", "last_seen", "example"]
+    if dead.empty:
+        return pd.DataFrame(columns=columns)
+    df = dead.assign(reason=dead["error"].astype(str).map(error_reason))
+    table = df.groupby("reason").agg(
+        count=("error", "size"),
+        first_seen=("seen_at", "min"),
+        last_seen=("seen_at", "max"),
+        example=("error", "first"),
+    )
+    table = table.reset_index().sort_values(["count", "reason"], ascending=[False, True])
+    return table.reset_index(drop=True)[columns]
+
+
+MANIFEST_COUNTS = ("messages", "counted", "skipped", "duplicates", "late", "dead_letters")
+
+
+def runs_frame(manifests: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run manifest, oldest first: times, status, counts and number of gaps."""
+    rows = []
+    for m in manifests:
+        counts = m.get("counts", {})
+        rows.append(
+            {
+                "run_id": m["run_id"],
+                "started_at": pd.Timestamp(m["started_at"]),
+                "ended_at": pd.Timestamp(m["ended_at"]) if m.get("ended_at") else pd.NaT,
+                "status": m.get("status"),
+                **{c: int(counts.get(c, 0)) for c in MANIFEST_COUNTS},
+                "gaps": len(m.get("gaps", [])),
+            }
+        )
+    columns = ["run_id", "started_at", "ended_at", "status", *MANIFEST_COUNTS, "gaps"]
+    df = pd.DataFrame(rows, columns=columns)
+    for col in ("started_at", "ended_at"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    return df.sort_values("started_at", ignore_index=True)
+
+
+def overview(rates: pd.DataFrame) -> dict[str, Any]:
+    """Headline numbers of a ``party_rates`` frame."""
+    return {
+        "rows": len(rates),
+        "final_rows": int(rates["is_final"].sum()),
+        "provisional_rows": int((~rates["is_final"]).sum()),
+        "namespaces": int(rates["namespace"].nunique()),
+        "first_window": rates["window_start"].min() if len(rates) else None,
+        "last_window": rates["window_start"].max() if len(rates) else None,
+        **{c: int(rates[c].sum()) for c in COUNT_COLUMNS},
+    }

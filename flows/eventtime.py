@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 US_PER_S = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 
 MIN_EVENT_US = 946_684_800 * US_PER_S  # 2000-01-01T00:00:00Z
 MAX_EVENT_US = 4_102_444_800 * US_PER_S  # 2100-01-01T00:00:00Z
@@ -52,6 +53,13 @@ def parse_rfc3339_us(text: str) -> int:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise EventTimeError(f"timestamp {text[:64]!r} is not RFC 3339")
+    zone_minutes = m.group(11)
+    if text[10] == "T" and text[-1] != "z" and (zone_minutes is None or zone_minutes < "60"):
+        # The common form: let the C parser do it (it truncates extra digits, as we do).
+        try:
+            return (datetime.fromisoformat(text) - EPOCH) // _ONE_US
+        except ValueError:
+            pass  # leap second or an out-of-range field: the exact path below says which
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     if not 1 <= month <= 12:
         raise EventTimeError(f"timestamp {text!r}: month {month} out of range")

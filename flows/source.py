@@ -12,6 +12,7 @@ Without ``follow``, each partition stops at the end offset it had when the run s
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,30 +51,46 @@ def list_partitions(config: dict[str, str], topic: str, timeout_s: float) -> lis
     return sorted(found.partitions)
 
 
-def end_offsets(consumer: Any, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
-    """(earliest, end) offsets of a partition, the end read off the partition itself.
+def end_offsets(
+    config: dict[str, str], topic: str, partitions: list[int], timeout_s: float
+) -> dict[int, tuple[int, int]]:
+    """(earliest, end) offset of each partition, the end read off the partitions themselves.
 
-    The end is where a consumer positioned just before the reported high watermark gets
-    its end-of-partition event: some Kafka-protocol brokers report the high watermark of
-    batched writes as the last batch's base offset + 1, which would stop a run short.
+    The end is where a consumer positioned just before the reported high watermark gets its
+    end-of-partition event: some Kafka-protocol brokers report the high watermark of batched
+    writes as the last batch's base offset + 1, which would stop a run short. All
+    partitions are probed at once, with short fetch waits.
     """
-    low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
-    if high <= low:
-        return low, high
-    consumer.assign([TopicPartition(tp.topic, tp.partition, high - 1)])
-    deadline = time.monotonic() + timeout_s
-    end = high
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": "party-rates-probe",
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "true",
+            "allow.auto.create.topics": "false",
+            "fetch.wait.max.ms": "10",
+        }
+    )
     try:
-        while time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, 0.2):
-                err = msg.error()
+        bounds = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            for p in partitions
+        }
+        ends = {p: high for p, (low, high) in bounds.items()}
+        probing = {p for p, (low, high) in bounds.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, bounds[p][1] - 1) for p in probing])
+        deadline = time.monotonic() + timeout_s
+        while probing and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.05):
+                err, p = msg.error(), msg.partition()
                 if err is None:
-                    end = max(end, msg.offset() + 1)
+                    ends[p] = max(ends[p], msg.offset() + 1)
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    return low, max(end, msg.offset())
+                    ends[p] = max(ends[p], msg.offset())
+                    probing.discard(p)
+        return {p: (bounds[p][0], ends[p]) for p in partitions}
     finally:
-        consumer.unassign()
-    return low, end
+        consumer.close()
 
 
 class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
@@ -88,6 +105,16 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         self.dedup_horizon_us = settings.dedup_horizon_us
         self.bucket_us = settings.window_us
         self.timeout_s = settings.connect_seconds
+        self._ends: dict[int, tuple[int, int]] | None = None
+        self._ends_lock = threading.Lock()
+
+    def offsets(self, partition: int) -> tuple[int, int]:
+        """(earliest, end) of a partition as at the start of this run, probed once."""
+        with self._ends_lock:
+            if self._ends is None:
+                parts = list_partitions(self.config, self.topic, self.timeout_s)
+                self._ends = end_offsets(self.config, self.topic, parts, self.timeout_s)
+        return self._ends[partition]
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in list_partitions(self.config, self.topic, self.timeout_s)]
@@ -98,6 +125,9 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         partition = int(for_part)
         consumer = Consumer(
             {
+                # Short fetch waits: a partition near its end does not stall the others
+                # (overridable through the extra Kafka settings).
+                "fetch.wait.max.ms": "100" if self.follow else "10",
                 **self.config,
                 "group.id": "party-rates",
                 "enable.auto.commit": "false",
@@ -106,9 +136,8 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 "allow.auto.create.topics": "false",
             }
         )
-        tp = TopicPartition(self.topic, partition)
         try:
-            low, high = end_offsets(consumer, tp, self.timeout_s)
+            low, high = self.offsets(partition)
         except KafkaException as err:
             consumer.close()
             raise SourceError(

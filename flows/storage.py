@@ -7,6 +7,7 @@ Readers therefore never see a half-written file.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import uuid
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 TMP_SUFFIX = ".tmp"
 
 
+@functools.lru_cache(maxsize=65536)
 def hive_segment(column: str, value: str) -> str:
     """``column=value`` with the value URI-encoded as pyarrow and Spark read it back.
 

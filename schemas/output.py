@@ -7,8 +7,9 @@ is written into the Parquet files and rendered into the data dictionary.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -58,7 +59,16 @@ RATES_FILE_SCHEMA = pa.schema(
 RATES_SCHEMA = pa.schema(list(RATES_PARTITION_SCHEMA) + list(RATES_FILE_SCHEMA))
 """What a reader of ``party_rates/`` sees: partition columns first, then the file columns."""
 
-RATES_PARTITIONING = ds.partitioning(RATES_PARTITION_SCHEMA, flavor="hive")
+
+def __getattr__(name: str) -> Any:
+    # RATES_PARTITIONING, built on first use: pyarrow.dataset is slow to import and the
+    # job itself does not need it.
+    if name == "RATES_PARTITIONING":
+        import pyarrow.dataset as ds
+
+        return ds.partitioning(RATES_PARTITION_SCHEMA, flavor="hive")
+    raise AttributeError(name)
+
 
 LATE_EVENTS_SCHEMA = pa.schema(
     [

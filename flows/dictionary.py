@@ -1,0 +1,236 @@
+"""The data dictionary, generated from the output schemas.
+
+``python -m flows.dictionary`` prints it; ``docs/data_dictionary.md`` is this text, and a
+test fails when the two differ, so the schemas and the dictionary always agree. Column
+meanings come from each field's ``description`` metadata (the same text is in the Parquet
+files); units and null rules are kept here, next to the manifest fields.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pyarrow as pa
+
+from schemas.output import (
+    DEAD_KEY,
+    DEAD_LETTERS_SCHEMA,
+    LATE_EVENTS_SCHEMA,
+    LATE_KEY,
+    RATES_KEY,
+    RATES_PARTITION_SCHEMA,
+    RATES_SCHEMA,
+)
+
+UNITS: dict[str, str] = {
+    "namespace": "—",
+    "date": "UTC calendar day",
+    "window_start": "instant, UTC, microseconds",
+    "window_end": "instant, UTC, microseconds",
+    "disconnected": "events",
+    "rejoined": "events",
+    "dropped": "events",
+    "rejected": "events",
+    "users_disconnected": "users",
+    "parties_affected": "parties",
+    "disconnects_per_min": "events per minute",
+    "drops_per_min": "events per minute",
+    "drop_ratio": "ratio (drops per disconnect)",
+    "rejoin_ratio": "ratio (rejoins per disconnect)",
+    "is_final": "—",
+    "id": "—",
+    "name": "—",
+    "event_time": "instant, UTC, microseconds",
+    "partition": "Kafka partition number",
+    "offset": "Kafka offset",
+    "key": "bytes",
+    "value": "bytes",
+    "error": "—",
+    "seen_at": "instant, UTC, microseconds",
+}
+"""Unit of every output column, by column name (a name means the same in every dataset)."""
+
+NULL_RULES: dict[tuple[str, str], str] = {
+    ("party_rates", "drop_ratio"): "null when `disconnected` is 0",
+    ("party_rates", "rejoin_ratio"): "null when `disconnected` is 0",
+    ("late_events", "key"): "null when the message has no key",
+    ("late_events", "value"): "nullable in the schema; always set (the event was read from it)",
+    ("dead_letters", "key"): "null when the message has no key",
+    ("dead_letters", "value"): "null for a tombstone (a message without a value)",
+}
+"""When a nullable column is null; a nullable column without an entry says "may be null"."""
+
+NEVER_NULL = "never null"
+
+MANIFEST_FIELDS: list[tuple[str, str, str]] = [
+    ("run_id", "string", "Id of the run (`--run-id`, default start time + random); the file name."),
+    (
+        "started_at",
+        "string (ISO 8601, UTC)",
+        "When the run's manifest was begun, once the dataflow was running (its first "
+        "messages can have been read a moment earlier).",
+    ),
+    (
+        "ended_at",
+        "string (ISO 8601, UTC) or null",
+        "When the run ended; null while a `--follow` run is running.",
+    ),
+    (
+        "status",
+        "string",
+        "`completed`; `interrupted` for a run that was killed (written by the next run); "
+        "`running` while a `--follow` run writes it every flush interval.",
+    ),
+    (
+        "settings",
+        "object",
+        "The settings the run used (every flag); secret librdkafka values are `***`.",
+    ),
+    (
+        "partitions",
+        "object",
+        "Per Kafka partition (key: the partition number as a string), the offsets read.",
+    ),
+    ("partitions.*.from", "integer", "First offset this run read (where the previous run stopped)."),
+    ("partitions.*.to", "integer", "Offset after the last one read (exclusive)."),
+    (
+        "partitions.*.end",
+        "integer or null",
+        "End offset the run read up to (the partition's end when the run started); "
+        "null when following.",
+    ),
+    (
+        "counts",
+        "object",
+        "What happened to the messages read: "
+        "`messages = counted + skipped + duplicates + late + dead_letters`.",
+    ),
+    ("counts.messages", "integer", "Messages read."),
+    ("counts.counted", "integer", "Events of the four Party names counted in a window."),
+    (
+        "counts.skipped",
+        "integer",
+        "Messages that name none of the four events (not parsed; most of the topic).",
+    ),
+    ("counts.duplicates", "integer", "Events whose id was already seen in their partition."),
+    ("counts.late", "integer", "Events too late to count; they are in `late_events/`."),
+    ("counts.dead_letters", "integer", "Unusable messages; they are in `dead_letters/`."),
+    (
+        "gaps",
+        "array of {partition, detail}",
+        "Offsets that could not be read: lost to retention, or a saved offset past the end "
+        "(topic recreated). Empty when every offset was read.",
+    ),
+]
+"""Fields of ``_runs/<run_id>.json``."""
+
+RATE_DEFINITIONS = """\
+- `disconnects_per_min` = `disconnected` ÷ window length in minutes; `drops_per_min` likewise.
+- `drop_ratio` = `dropped` ÷ `disconnected` of the **same** window; `rejoin_ratio` =
+  `rejoined` ÷ `disconnected`. Both are null when `disconnected` is 0.
+- **Edge bias.** A drop arrives an inactive timeout (one to a few minutes) after its
+  disconnect, so a window counts drops of disconnects from earlier windows and misses drops
+  of its own late disconnects. The ratio of one window is biased and can exceed 1. Read it
+  over many windows: sum `dropped` and `disconnected` over the period, then divide.
+- `PartyRejectedEvent` (`rejected`) is an invitation being rejected, not a connection
+  problem. It is reported beside the other counts and is in none of the ratios.
+- `is_final` false marks a window still open when the last run stopped: a later run
+  replaces the row. Rankings and totals should use final rows.
+"""
+
+
+def _type(t: pa.DataType) -> str:
+    return str(t)
+
+
+def _null_rule(dataset: str, field: pa.Field, in_path: bool) -> str:
+    if in_path:
+        return f"{NEVER_NULL} (from the directory name)"
+    if not field.nullable:
+        return NEVER_NULL
+    return NULL_RULES.get((dataset, field.name), "may be null")
+
+
+def _description(field: pa.Field) -> str:
+    meta = field.metadata or {}
+    return meta.get(b"description", b"").decode("utf-8")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def column_table(dataset: str, schema: pa.Schema, in_path: tuple[str, ...] = ()) -> str:
+    """A markdown table of ``schema``'s columns: type, unit, null rule, meaning."""
+    lines = [
+        "| column | type | unit | null | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for field in schema:
+        name = f"`{field.name}`" + (" (in the path)" if field.name in in_path else "")
+        unit = UNITS.get(field.name, "—")
+        null = _null_rule(dataset, field, field.name in in_path)
+        row = [name, f"`{_type(field.type)}`", unit, null]
+        row.append(_description(field))
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def _manifest_table() -> str:
+    lines = ["| field | type | meaning |", "|---|---|---|"]
+    for name, type_, meaning in MANIFEST_FIELDS:
+        lines.append(f"| `{name}` | {_cell(type_)} | {_cell(meaning)} |")
+    return "\n".join(lines)
+
+
+def _key(columns: tuple[str, ...]) -> str:
+    return ", ".join(f"`{c}`" for c in columns)
+
+
+def render_data_dictionary() -> str:
+    """The data dictionary as markdown (ends with one newline)."""
+    partition_columns = tuple(f.name for f in RATES_PARTITION_SCHEMA)
+    sections = [
+        "# party-rates data dictionary",
+        "<!-- Generated from schemas/output.py by `python -m flows.dictionary`; "
+        "do not edit by hand. -->",
+        "Everything the job writes under its `--output` directory. Types are Arrow types as "
+        "stored in Parquet; timestamps are UTC with microsecond precision. The meaning column "
+        "is each field's `description`, which the Parquet files also carry in their schema "
+        "metadata.",
+        "## `party_rates/`",
+        "`party_rates/namespace=<ns>/date=<YYYY-MM-DD>/part-0.parquet`: one row per "
+        f"({_key(RATES_KEY)}) in the whole dataset. "
+        f"{_key(partition_columns)} are Hive partition columns, in the directory names only, "
+        "URI-encoded (`../x` is `namespace=..%2Fx`): read the dataset with Hive partitioning "
+        "(`pandas.read_parquet(dir)`, `pyarrow.dataset`, DuckDB `hive_partitioning=true`) "
+        "and they come back as columns, decoded.",
+        column_table("party_rates", RATES_SCHEMA, partition_columns),
+        "### Rate definitions",
+        RATE_DEFINITIONS.rstrip("\n"),
+        "## `late_events/`",
+        "Events of the four counted names that came too late to be counted: more than the "
+        "allowed lateness behind the newest event already read from their partition, so their "
+        "window may already be final. They are in none of the `party_rates` counts. "
+        f"One row per Kafka message ({_key(LATE_KEY)}).",
+        column_table("late_events", LATE_EVENTS_SCHEMA),
+        "## `dead_letters/`",
+        "Messages that name a counted event, or do not even look like a JSON object, but "
+        "cannot be used (not JSON, invalid UTF-8, not an object, no namespace, no event id, no "
+        "usable event time, wrong field types, tombstones). "
+        f"One row per Kafka message ({_key(DEAD_KEY)}).",
+        column_table("dead_letters", DEAD_LETTERS_SCHEMA),
+        "## `_runs/<run_id>.json`",
+        "One JSON manifest per run. Every message read is in exactly one manifest's counts.",
+        _manifest_table(),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def main() -> int:
+    sys.stdout.write(render_data_dictionary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The analysis views as matplotlib Figures.
+
+Each function returns a ``matplotlib.figure.Figure`` built without pyplot, so nothing is
+shown or kept in a global figure list: a notebook displays the returned figure, the report
+saves it. Importing this module does not choose a matplotlib backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import dates as mdates
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from flows.analysis import (
+    drop_ratio_by_hour,
+    late_events_over_time,
+    namespace_series,
+    rank_namespaces,
+    runs_frame,
+)
+
+PROVISIONAL = "provisional (is_final false)"
+FINAL = "final"
+_COLORS = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _series_lines(ax: Axes, series: pd.DataFrame, column: str, color: str, label: str) -> None:
+    """Final buckets solid with filled markers; provisional ones dashed with hollow markers."""
+    is_final = series["is_final"].to_numpy(dtype=bool)
+    final = series[column].where(is_final)
+    # The dashed part starts at the last final bucket before a provisional one, so the
+    # line stays continuous; only provisional buckets get (hollow) markers.
+    joins = is_final & np.append(~is_final[1:], False)
+    provisional = series[column].where(~is_final | joins)
+    marker = "o" if len(series) <= 60 else None
+    ax.plot(
+        series["bucket"],
+        final,
+        color=color,
+        linestyle="-",
+        marker=marker,
+        markersize=3.5,
+        linewidth=1.4,
+        label=label,
+    )
+    if not is_final.all():
+        ax.plot(
+            series["bucket"],
+            provisional,
+            color=color,
+            linestyle="--",
+            marker="o",
+            markevery=list(np.flatnonzero(~is_final)),
+            markersize=5,
+            markerfacecolor="none",
+            linewidth=1.4,
+        )
+
+
+def plot_namespace_rates(
+    rates: pd.DataFrame,
+    namespaces: Sequence[str] | None = None,
+    freq: str | None = "1h",
+    *,
+    top: int = 5,
+    figsize: tuple[float, float] = (11, 6.5),
+) -> Figure:
+    """Disconnects per minute and drop ratio over time, one line per namespace.
+
+    ``namespaces`` defaults to the ``top`` worst by drop ratio. ``freq`` sums windows into
+    longer buckets (``None``: the windows themselves). Final buckets are solid lines with
+    filled markers; buckets with a provisional window (``is_final`` false) are dashed with
+    hollow markers. Each namespace has one line per axis, plus one when it has provisional
+    buckets.
+    """
+    if namespaces is None:
+        namespaces = list(rank_namespaces(rates)["namespace"].head(top))
+        if not namespaces:
+            counts = rates.groupby(rates["namespace"].astype(str))["disconnected"].sum()
+            namespaces = list(counts.sort_values(ascending=False).index[:top])
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax_rate, ax_ratio = fig.subplots(2, 1, sharex=True)
+    if not namespaces:
+        _empty(ax_rate, "no windows")
+        _empty(ax_ratio, "no windows")
+        return fig
+    for i, ns in enumerate(namespaces):
+        series = namespace_series(rates, ns, freq)
+        color = _COLORS[i % len(_COLORS)]
+        _series_lines(ax_rate, series, "disconnects_per_min", color, ns)
+        _series_lines(ax_ratio, series, "drop_ratio", color, ns)
+    bucket = "window" if freq is None else freq
+    ax_rate.set_ylabel("disconnects / min")
+    ax_rate.set_title(f"Disconnects per minute (per {bucket})", loc="left", fontsize=11)
+    ax_ratio.set_ylabel("drops / disconnects")
+    ax_ratio.set_title(f"Drop ratio (per {bucket})", loc="left", fontsize=11)
+    ax_ratio.set_xlabel("window start (UTC)")
+    ax_ratio.set_ylim(bottom=0)
+    for ax in (ax_rate, ax_ratio):
+        ax.grid(True, alpha=0.3)
+    handles, labels = ax_rate.get_legend_handles_labels()
+    handles += [
+        Line2D([], [], color="0.3", linestyle="-", marker="o", markersize=4, label=FINAL),
+        Line2D(
+            [],
+            [],
+            color="0.3",
+            linestyle="--",
+            marker="o",
+            markerfacecolor="none",
+            label=PROVISIONAL,
+        ),
+    ]
+    labels += [FINAL, PROVISIONAL]
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=min(len(labels), 4),
+        fontsize=9,
+        frameon=False,
+    )
+    locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
+    ax_ratio.xaxis.set_major_locator(locator)
+    ax_ratio.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz="UTC"))
+    return fig
+
+
+def plot_ranking(
+    ranked: pd.DataFrame, top: int = 15, *, figsize: tuple[float, float] | None = None
+) -> Figure:
+    """The ``top`` rows of :func:`flows.analysis.rank_namespaces` as horizontal bars.
+
+    Bars are the drop ratios, worst at the top, with the confidence interval as error bars
+    and ``dropped / disconnected`` written beside each bar.
+    """
+    rows = ranked.head(top)
+    height = figsize or (9, 1.2 + 0.38 * max(len(rows), 1))
+    fig = Figure(figsize=height, layout="constrained")
+    ax = fig.subplots()
+    if rows.empty:
+        _empty(ax, "no namespace with enough disconnects")
+        return fig
+    y = np.arange(len(rows))
+    ratio = rows["drop_ratio"].to_numpy(dtype=float)
+    err = np.vstack(
+        [
+            np.clip(ratio - rows["ci_low"].to_numpy(dtype=float), 0, None),
+            np.clip(rows["ci_high"].to_numpy(dtype=float) - ratio, 0, None),
+        ]
+    )
+    ax.barh(y, ratio, xerr=err, color="#d62728", alpha=0.75, ecolor="0.2", capsize=3)
+    ax.set_yticks(y, [str(ns) for ns in rows["namespace"]])
+    ax.invert_yaxis()
+    right = float(np.nanmax(rows["ci_high"].to_numpy(dtype=float)))
+    for yi, (_, row) in zip(y, rows.iterrows(), strict=True):
+        ax.text(
+            float(row["ci_high"]) + 0.01 * right,
+            yi,
+            f" {int(row['dropped']):,} / {int(row['disconnected']):,}",
+            va="center",
+            fontsize=8,
+            color="0.25",
+        )
+    ax.set_xlim(0, right * 1.25)
+    ax.set_xlabel("drop ratio (dropped / disconnected), 95% Wilson interval")
+    ax.set_title("Namespaces by drop ratio (final windows)", loc="left", fontsize=11)
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def plot_hour_heatmap(
+    rates: pd.DataFrame,
+    namespaces: Sequence[str] | None = None,
+    *,
+    top: int = 20,
+    cmap: str | Colormap = "magma_r",
+) -> Figure:
+    """Drop ratio by UTC hour of day (x) and namespace (y), final windows.
+
+    ``namespaces`` defaults to the ``top`` namespaces by disconnects, busiest first.
+    """
+    if namespaces is None:
+        final = rates[rates["is_final"]]
+        counts = final.groupby(final["namespace"].astype(str))["disconnected"].sum()
+        namespaces = list(counts.sort_values(ascending=False).index[:top])
+    table = drop_ratio_by_hour(rates, namespaces)
+    fig = Figure(figsize=(11, 1.6 + 0.3 * max(len(table), 1)), layout="constrained")
+    ax = fig.subplots()
+    if table.empty:
+        _empty(ax, "no final windows")
+        return fig
+    values = np.ma.masked_invalid(table.to_numpy(dtype=float))
+    vmax = float(np.nanpercentile(table.to_numpy(dtype=float), 98)) if values.count() else 1.0
+    image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=0, vmax=max(vmax, 1e-9))
+    ax.set_xticks(range(24), [f"{h:02d}" for h in range(24)], fontsize=8)
+    ax.set_yticks(range(len(table)), [str(ns) for ns in table.index], fontsize=8)
+    ax.set_xlabel("hour of day (UTC)")
+    ax.set_title(
+        "Drop ratio by hour of day (all days summed; blank: no disconnects)",
+        loc="left",
+        fontsize=11,
+    )
+    fig.colorbar(image, ax=ax, label="drop ratio", shrink=0.9)
+    return fig
+
+
+def plot_data_health(
+    late: pd.DataFrame,
+    dead: pd.DataFrame,
+    manifests: Sequence[dict[str, Any]],
+    *,
+    freq: str = "1h",
+) -> Figure:
+    """Data health: late events over event time, and late events / dead letters per run.
+
+    Top: late events per ``freq`` of their event time, stacked by event name. Bottom: each
+    run's late events, dead letters and duplicates from its manifest, at the run's start;
+    the dead-letter count of the ``dead_letters`` dataset is in the title as a cross-check.
+    """
+    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    ax_late, ax_runs = fig.subplots(2, 1)
+    table = late_events_over_time(late, freq)
+    if table.empty:
+        _empty(ax_late, "no late events")
+    else:
+        bottom = np.zeros(len(table))
+        width = pd.Timedelta(freq) * 0.9
+        for i, name in enumerate(table.columns):
+            ax_late.bar(
+                table.index,
+                table[name],
+                width=width,
+                bottom=bottom,
+                align="edge",
+                label=str(name),
+                color=_COLORS[i % len(_COLORS)],
+            )
+            bottom += table[name].to_numpy()
+        ax_late.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax_late.set_ylabel(f"late events / {freq}")
+        ax_late.set_xlabel("event time (UTC)")
+        ax_late.grid(True, axis="y", alpha=0.3)
+    ax_late.set_title(
+        f"Late events by event time ({len(late):,} in late_events/)", loc="left", fontsize=11
+    )
+    runs = runs_frame(manifests)
+    if runs.empty:
+        _empty(ax_runs, "no run manifests")
+    else:
+        x = np.arange(len(runs))
+        kinds = [("late", "#ff7f0e"), ("dead_letters", "#d62728"), ("duplicates", "#7f7f7f")]
+        width = 0.8 / len(kinds)
+        for j, (kind, color) in enumerate(kinds):
+            ax_runs.bar(x + (j - 1) * width, runs[kind], width=width, color=color, label=kind)
+        labels = [
+            f"{ts:%m-%d %H:%M}" + ("" if status == "completed" else f"\n{status}")
+            for ts, status in zip(runs["started_at"], runs["status"], strict=True)
+        ]
+        if len(runs) <= 12:
+            for j, (kind, _) in enumerate(kinds):
+                for xi, value in zip(x, runs[kind], strict=True):
+                    ax_runs.annotate(
+                        f"{int(value):,}",
+                        (xi + (j - 1) * width, value),
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                    )
+        ax_runs.set_xlim(-0.6, max(len(runs), 6) - 0.4)
+        step = max(1, len(runs) // 24)
+        ax_runs.set_xticks(x[::step], labels[::step], fontsize=8)
+        ax_runs.set_xlabel("run start (UTC)")
+        ax_runs.set_ylabel("messages")
+        ax_runs.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax_runs.grid(True, axis="y", alpha=0.3)
+    ax_runs.set_title(
+        f"Per run, from _runs/ ({len(runs)} run{'' if len(runs) == 1 else 's'}; "
+        f"{len(dead):,} rows in dead_letters/)",
+        loc="left",
+        fontsize=11,
+    )
+    return fig

@@ -1,0 +1,181 @@
+"""A static HTML report of an output directory: one file, the plots embedded as PNG.
+
+``party-rates report --output DIR`` calls :func:`render_report`. The page holds the
+headline numbers, the worst namespaces, the rates over time, the hour-of-day heatmap and
+the data health (late events, dead letters, runs); it needs no server and no other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from flows import analysis, plots
+
+TOP_RANKED = 15
+TOP_SERIES = 5
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1150px; color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+.muted { color: #666; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f4f4f4; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; height: auto; display: block; margin: 0.8em 0; }
+.note { background: #f8f8f0; border-left: 4px solid #cc9; padding: 0.5em 1em; }
+"""
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _img(fig: Figure, alt: str) -> str:
+    data = base64.b64encode(figure_png(fig)).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt_time(value: Any) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    ts = pd.Timestamp(value)
+    return ts.strftime("%Y-%m-%d %H:%M:%S UTC") if ts.tzinfo else ts.isoformat()
+
+
+def _table(df: pd.DataFrame, formatters: dict[str, Any] | None = None) -> str:
+    if df.empty:
+        return '<p class="muted">none</p>'
+    return df.to_html(
+        index=False, escape=True, border=0, formatters=formatters, na_rep="", justify="left"
+    )
+
+
+def _ranked_table(ranked: pd.DataFrame) -> str:
+    table = ranked.head(TOP_RANKED).copy()
+    table["95% interval"] = [
+        f"{lo:.3f} – {hi:.3f}" for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
+    ]
+    columns = ["rank", "namespace", "drop_ratio", "95% interval", "dropped", "disconnected"]
+    columns += ["rejoin_ratio", "rejected", "windows"]
+    return _table(
+        table[columns],
+        {
+            "drop_ratio": "{:.3f}".format,
+            "rejoin_ratio": "{:.3f}".format,
+            "dropped": "{:,}".format,
+            "disconnected": "{:,}".format,
+            "rejected": "{:,}".format,
+        },
+    )
+
+
+def _overview(rates: pd.DataFrame, runs: pd.DataFrame) -> str:
+    o = analysis.overview(rates)
+    items = [
+        ("rows (namespace × window)", f"{o['rows']:,}"),
+        ("final / provisional", f"{o['final_rows']:,} / {o['provisional_rows']:,}"),
+        ("namespaces", f"{o['namespaces']:,}"),
+        ("windows from", _fmt_time(o["first_window"])),
+        ("windows to (start of the last)", _fmt_time(o["last_window"])),
+        ("window length", f"{analysis.window_length(rates) / pd.Timedelta(minutes=1):g} min"),
+        ("disconnected / dropped / rejoined", f"{o['disconnected']:,} / {o['dropped']:,} / "
+         f"{o['rejoined']:,}"),  # fmt: skip
+        ("rejected (invite rejections)", f"{o['rejected']:,}"),
+        ("runs", f"{len(runs):,}"),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in items)
+    return f"<table>{rows}</table>"
+
+
+def render_report(output: Path, dest: Path) -> None:
+    """Write the HTML report of the output directory ``output`` to ``dest``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    output, dest = Path(output), Path(dest)
+    rates = analysis.load_party_rates(output)
+    late = analysis.load_late_events(output)
+    dead = analysis.load_dead_letters(output)
+    manifests = analysis.load_manifests(output)
+    runs = analysis.runs_frame(manifests)
+    ranked = analysis.rank_namespaces(rates)
+    worst = list(ranked["namespace"].head(TOP_SERIES))
+
+    times = {"started_at": _fmt_time, "ended_at": _fmt_time}
+    reasons = analysis.dead_letter_reasons(dead)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>Party health report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>Party health report</h1>",
+        f'<p class="muted">Output directory: <code>{html.escape(str(output))}</code></p>',
+        "<h2>Overview</h2>",
+        _overview(rates, runs),
+        '<div class="note"><p><b>How to read the rates.</b> <code>drop_ratio</code> compares the '
+        "drops <i>in</i> a window with the disconnects <i>in the same</i> window. A drop arrives "
+        "an inactive timeout (one to a few minutes) after its disconnect, so near window edges "
+        "a window counts drops of earlier disconnects: the ratio of a single window is biased "
+        "(it can exceed 1); read it over many windows. Rejected events are invitations being "
+        "rejected, not connection problems: they are in none of the ratios.</p>"
+        "<p>Provisional rows (<code>is_final</code> false) belong to windows still open when "
+        "the last run stopped; a later run replaces them. The ranking uses final windows "
+        "only; the time series shows provisional buckets dashed with hollow markers.</p></div>",
+        "<h2>Worst namespaces</h2>",
+        "<p>Drop ratio over all final windows (summed drops ÷ summed disconnects), namespaces "
+        "with at least 20 disconnects, with a 95% Wilson interval: overlapping intervals are "
+        "not a real difference.</p>",
+        _ranked_table(ranked),
+        _img(plots.plot_ranking(ranked, TOP_RANKED), "namespaces ranked by drop ratio"),
+        "<h2>Rates over time</h2>",
+        f"<p>The {len(worst)} worst namespaces, hourly.</p>",
+        _img(plots.plot_namespace_rates(rates, worst, "1h"), "disconnects and drop ratio"),
+        "<h2>By hour of day</h2>",
+        "<p>Drop ratio by UTC hour of day for the busiest namespaces (final windows).</p>",
+        _img(plots.plot_hour_heatmap(rates), "drop ratio by hour of day and namespace"),
+        "<h2>Data health</h2>",
+        "<p>Late events are events of the four counted kinds that arrived more than the allowed "
+        "lateness behind their partition; they are in <code>late_events/</code>, not in the rates. "
+        "Dead letters "
+        "are messages naming a counted event that could not be used.</p>",
+        _img(plots.plot_data_health(late, dead, manifests), "late events and dead letters"),
+        "<h3>Dead letters by reason</h3>",
+        _table(reasons, {"first_seen": _fmt_time, "last_seen": _fmt_time}),
+        "<h3>Runs</h3>",
+        _table(runs, times),
+        "</body></html>",
+    ]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(parts) + "\n", encoding="utf-8")
+
+
+def save_main_plot(
+    output: Path,
+    png_path: Path,
+    *,
+    top: int = 4,
+    size: tuple[float, float] = (8.0, 4.6),
+    dpi: int = 100,
+) -> None:
+    """A small PNG of the main view (the worst namespaces' rates over time), e.g. for docs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rates = analysis.load_party_rates(output)
+    worst = list(analysis.rank_namespaces(rates)["namespace"].head(top))
+    fig = plots.plot_namespace_rates(rates, worst or None, "1h", top=top, figsize=size)
+    Path(png_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, format="png", dpi=dpi)
