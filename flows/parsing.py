@@ -81,36 +81,41 @@ def parse_candidate(value: bytes) -> Event | str | None:
     )  # fmt: skip
 
 
-_OPTIONAL_STR = ("parentNamespace", "timestamp", "userId", "traceId", "sessionId", "spanContext")
-_PAYLOAD_STR = ("namespace", "topicName", "message")
+_STR_OR_NONE = frozenset((str, type(None)))
+_INT_OR_NONE = frozenset((int, type(None)))
 
 
 def well_typed(doc: dict[str, Any]) -> bool:
     """True when every field of the spec has the spec's type, as the Envelope model demands."""
     get = doc.get
-    if type(get("id")) is not str or type(get("name")) is not str:
+    ok = (
+        type(get("id")) is str
+        and type(get("name")) is str
+        and type(get("namespace")) is str
+        and type(get("timestamp")) in _STR_OR_NONE
+        and type(get("timestampUnixNano")) in _INT_OR_NONE
+        and type(get("userId")) in _STR_OR_NONE
+        and type(get("sessionId")) in _STR_OR_NONE
+        and type(get("version")) in _INT_OR_NONE
+        and type(get("parentNamespace")) in _STR_OR_NONE
+        and type(get("traceId")) in _STR_OR_NONE
+        and type(get("spanContext")) in _STR_OR_NONE
+    )
+    if not ok:
         return False
-    if type(get("namespace")) is not str:
-        return False
-    for field in _OPTIONAL_STR:
-        v = get(field)
-        if v is not None and type(v) is not str:
-            return False
-    for field in ("version", "timestampUnixNano"):
-        v = get(field)
-        if v is not None and type(v) is not int:
-            return False
     payload = get("payload")
     if payload is None:
         return True
     if type(payload) is not dict:
         return False
-    for field in _PAYLOAD_STR:
-        v = payload.get(field)
-        if v is not None and type(v) is not str:
-            return False
-    users = payload.get("userIds")
-    return users is None or (type(users) is list and all(type(u) is str for u in users))
+    pget = payload.get
+    users = pget("userIds")
+    return (
+        type(pget("namespace")) in _STR_OR_NONE
+        and type(pget("topicName")) in _STR_OR_NONE
+        and type(pget("message")) in _STR_OR_NONE
+        and (users is None or (type(users) is list and all(type(u) is str for u in users)))
+    )
 
 
 def _validate_slowly(value: bytes) -> Event | str | None:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from flows.eventtime import to_datetime
 from flows.items import BatchResult, BatchStats, Chunk, Counts, EventRef, Progress, Row
-from flows.parsing import Event, classify
+from flows.parsing import NAMES_COUNTED, Event, classify, looks_like_object
 from schemas.events import COUNTED_NAMES
 
 
@@ -98,8 +98,15 @@ def process_batch(
     counted = 0
     max_t = state.max_t_us
     dedup = state.dedup
+    seen_ids = dedup.ids
+    mentions_counted = NAMES_COUNTED.search
     for msg in messages:
-        result = classify(msg.value())
+        value = msg.value()
+        # The skip path inline: most of the topic is other event kinds.
+        if value is not None and mentions_counted(value) is None and looks_like_object(value):
+            skipped += 1
+            continue
+        result = classify(value)
         if result is None:
             skipped += 1
             continue
@@ -110,9 +117,10 @@ def process_batch(
         if max_t is not None and t_us < max_t - lateness_us:
             late.append(late_row(partition, msg, result))
             continue
-        if not dedup.add(result.id, t_us):
+        if result.id in seen_ids:
             duplicates += 1
             continue
+        dedup.add(result.id, t_us)
         counted += 1
         if max_t is None or t_us > max_t:
             max_t = t_us
@@ -131,7 +139,7 @@ def process_batch(
                 result.session_id,
                 msg.offset(),
                 msg.key(),
-                msg.value() or b"",
+                value or b"",
             )
         )
     if messages:
