@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -27,7 +28,8 @@ FLAGS: dict[str, dict[str, Any]] = {
     "window": {"help": "window length (default 5m)"},
     "allowed_lateness": {"help": "allowed lateness (default 10m)"},
     "dedup_horizon": {"help": "how long event ids are remembered (default: allowed lateness)"},
-    "workers": {"type": int, "help": "worker threads in this process (default 1)"},
+    "workers": {"type": int, "help": "worker threads in each process (default 1)"},
+    "processes": {"type": int, "help": "local processes of one cluster (default 1)"},
     "follow": {"action": "store_true", "default": None, "help": "keep consuming"},
     "batch_size": {"type": int, "help": "messages per consume call (default 10000)"},
     "snapshot_interval": {"help": "state snapshot interval (default 10s)"},
@@ -148,8 +150,49 @@ def summary(manifest: dict[str, Any]) -> str:
     return line
 
 
+def run_local_cluster(settings: Settings, argv: list[str]) -> int:
+    """``--processes N``: N processes of one Bytewax cluster on loopback, like ``-i/-a``."""
+    from flows.broker import free_port
+    from flows.statedir import StateDir, StateError
+
+    try:
+        StateDir(settings.state).prepare(settings)
+    except StateError as err:
+        raise Fail(EXIT_STATE, str(err)) from None
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(settings.processes))
+    base = [a for a in argv if not a.startswith("--processes")]
+    if "--processes" in argv:  # drop "--processes N" given as two words
+        i = argv.index("--processes")
+        base = argv[:i] + argv[i + 2 :]
+    children = []
+    for i in range(settings.processes):
+        extra = ["--process-id", str(i), "--addresses", addresses, "--run-id", settings.run_id]
+        if i > 0:
+            extra += ["--progress", "off"]
+        cmd = [sys.executable, "-m", "flows.cli", *base, *extra]
+        env = {**os.environ, "PARTY_RATES_PROCESSES": "1"}
+        children.append(subprocess.Popen(cmd, env=env))
+    codes: list[int] = []
+    try:
+        for child in children:
+            codes.append(child.wait())
+            if codes[-1] != 0:
+                break  # one process failed: the cluster cannot finish
+    except KeyboardInterrupt:
+        for child in children:
+            child.send_signal(signal.SIGINT)
+        codes = [child.wait() for child in children]
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+    return next((c for c in codes if c != 0), 0)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = parse_settings(args)
+    if settings.processes > 1:
+        return run_local_cluster(settings, args.argv)
     try:
         manifest = run_job(settings)
     except Stopped:
@@ -236,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     # SIGTERM (Kubernetes, systemd) stops a run like Ctrl-C: it resumes from the last snapshot.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if not args.debug:

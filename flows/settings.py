@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     dedup_horizon: str | None = Field(
         None, description="How long event ids are remembered (default: allowed lateness)"
     )
-    workers: int = Field(1, ge=1, le=256, description="Worker threads in this process")
+    workers: int = Field(1, ge=1, le=256, description="Worker threads in each process")
+    processes: int = Field(
+        1, ge=1, le=64, description="Local processes of one Bytewax cluster (uses more cores)"
+    )
     follow: bool = Field(False, description="Keep consuming instead of stopping at the end")
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="Messages per consume call")
     snapshot_interval: str = Field("10s", description="How often state is snapshotted")
@@ -85,6 +88,8 @@ class Settings(BaseSettings):
             raise ValueError("window must be at least 1s")
         if (self.process_id is None) != (self.addresses is None):
             raise ValueError("process_id and addresses go together")
+        if self.processes > 1 and self.process_id is not None:
+            raise ValueError("processes starts a local cluster; do not combine with process_id")
         return self
 
     @property

@@ -82,11 +82,13 @@ def end_offsets(
         deadline = time.monotonic() + timeout_s
         while probing and time.monotonic() < deadline:
             for msg in consumer.consume(10_000, 0.05):
-                err, p = msg.error(), msg.partition()
+                err, p, off = msg.error(), msg.partition(), msg.offset()
+                if p is None or off is None:
+                    continue
                 if err is None:
-                    ends[p] = max(ends[p], msg.offset() + 1)
+                    ends[p] = max(ends[p], off + 1)
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    ends[p] = max(ends[p], msg.offset())
+                    ends[p] = max(ends[p], off)
                     probing.discard(p)
         return {p: (bounds[p][0], ends[p]) for p in partitions}
     finally:

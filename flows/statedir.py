@@ -60,7 +60,20 @@ class StateDir:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def prepare(self, settings: Settings) -> None:
-        """Check the state belongs to these settings (or create it)."""
+        """Check the state belongs to these settings (or create it).
+
+        Processes of a cluster may start together on a shared state directory: one at a
+        time does this.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".prepare.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._prepare(settings)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _prepare(self, settings: Settings) -> None:
         meta_file = self.path / META
         want = state_meta(settings)
         if meta_file.exists():

@@ -204,3 +204,19 @@ def test_two_workers_equal_one(broker, tmp_path: Path) -> None:
     assert_same_rows(job_rows(tmp_path / "w2"), job_rows(tmp_path / "w1"))
     (m1,), (m2,) = load_manifests(tmp_path / "w1"), load_manifests(tmp_path / "w2")
     assert m1["counts"] == m2["counts"]
+
+
+def test_two_processes_equal_one(broker, tmp_path: Path) -> None:
+    """A Bytewax cluster of two local processes (-i/-a on loopback) gives the same rows."""
+    topic = broker.new_topic(partitions=3)
+    messages, _ = generate(SMALL)
+    produce(broker.bootstrap, topic, messages)
+    run_job(broker.bootstrap, topic, tmp_path / "p1", tmp_path / "s1")
+    run_job(broker.bootstrap, topic, tmp_path / "p2", tmp_path / "s2", "--processes", "2")
+    assert_same_rows(job_rows(tmp_path / "p2"), job_rows(tmp_path / "p1"))
+    (m1,), (m2,) = load_manifests(tmp_path / "p1"), load_manifests(tmp_path / "p2")
+    assert m1["counts"] == m2["counts"]
+    assert sorted((tmp_path / "s2").glob(".lock-*")) == [
+        tmp_path / "s2" / ".lock-0",
+        tmp_path / "s2" / ".lock-1",
+    ]
