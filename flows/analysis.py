@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ Z_95 = 1.959963984540054
 """Two-sided 95% standard normal quantile."""
 
 COUNT_COLUMNS = ("disconnected", "rejoined", "dropped", "rejected")
-TimeLike = str | date | datetime | pd.Timestamp | np.datetime64
+TimeLike: TypeAlias = str | date | datetime | pd.Timestamp | np.datetime64
 
 
 def _dataset(path: Path, schema: pa.Schema, partitioning: Any = None) -> pa.Table:

@@ -91,7 +91,11 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
         "object",
         "Per Kafka partition (key: the partition number as a string), the offsets read.",
     ),
-    ("partitions.*.from", "integer", "First offset this run read (where the previous run stopped)."),
+    (
+        "partitions.*.from",
+        "integer",
+        "First offset this run read (where the previous run stopped).",
+    ),
     ("partitions.*.to", "integer", "Offset after the last one read (exclusive)."),
     (
         "partitions.*.end",

@@ -180,7 +180,7 @@ def plot_ranking(
     for yi, (_, row) in zip(y, rows.iterrows(), strict=True):
         ax.text(
             float(row["ci_high"]) + 0.01 * right,
-            yi,
+            float(yi),
             f" {int(row['dropped']):,} / {int(row['disconnected']):,}",
             va="center",
             fontsize=8,

@@ -66,7 +66,7 @@ def _table(df: pd.DataFrame, formatters: dict[str, Any] | None = None) -> str:
 def _ranked_table(ranked: pd.DataFrame) -> str:
     table = ranked.head(TOP_RANKED).copy()
     table["95% interval"] = [
-        f"{lo:.3f} – {hi:.3f}" for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
+        f"{lo:.3f} to {hi:.3f}" for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
     ]
     columns = ["rank", "namespace", "drop_ratio", "95% interval", "dropped", "disconnected"]
     columns += ["rejoin_ratio", "rejected", "windows"]
@@ -85,14 +85,16 @@ def _ranked_table(ranked: pd.DataFrame) -> str:
 def _overview(rates: pd.DataFrame, runs: pd.DataFrame) -> str:
     o = analysis.overview(rates)
     items = [
-        ("rows (namespace × window)", f"{o['rows']:,}"),
+        ("rows (one per namespace and window)", f"{o['rows']:,}"),
         ("final / provisional", f"{o['final_rows']:,} / {o['provisional_rows']:,}"),
         ("namespaces", f"{o['namespaces']:,}"),
         ("windows from", _fmt_time(o["first_window"])),
         ("windows to (start of the last)", _fmt_time(o["last_window"])),
         ("window length", f"{analysis.window_length(rates) / pd.Timedelta(minutes=1):g} min"),
-        ("disconnected / dropped / rejoined", f"{o['disconnected']:,} / {o['dropped']:,} / "
-         f"{o['rejoined']:,}"),  # fmt: skip
+        (
+            "disconnected / dropped / rejoined",
+            f"{o['disconnected']:,} / {o['dropped']:,} / {o['rejoined']:,}",
+        ),
         ("rejected (invite rejections)", f"{o['rejected']:,}"),
         ("runs", f"{len(runs):,}"),
     ]
@@ -177,5 +179,7 @@ def save_main_plot(
     rates = analysis.load_party_rates(output)
     worst = list(analysis.rank_namespaces(rates)["namespace"].head(top))
     fig = plots.plot_namespace_rates(rates, worst or None, "1h", top=top, figsize=size)
+    if worst:
+        fig.suptitle(f"The {len(worst)} namespaces with the highest drop ratio", fontsize=12)
     Path(png_path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, format="png", dpi=dpi)

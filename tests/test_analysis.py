@@ -1,0 +1,476 @@
+"""The analysis helpers, plots, report and data dictionary on small hand-made data."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle
+
+from flows import analysis, plots
+from flows.dictionary import MANIFEST_FIELDS, UNITS, render_data_dictionary
+from flows.report import render_report, save_main_plot
+from schemas.output import (
+    DEAD_LETTERS_SCHEMA,
+    LATE_EVENTS_SCHEMA,
+    RATES_PARTITIONING,
+    RATES_SCHEMA,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = pd.Timestamp("2026-11-27T00:00:00Z")
+FIVE = pd.Timedelta(minutes=5)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def rates_frame(rows: list[tuple]) -> pd.DataFrame:
+    """``party_rates`` rows from (namespace, minutes after T0, disconnected, dropped,
+    rejoined, is_final[, rejected]), with the loader's columns and dtypes."""
+    out = []
+    for ns, minute, disc, drop, rejoin, final, *rest in rows:
+        start = T0 + pd.Timedelta(minutes=minute)
+        out.append(
+            {
+                "namespace": ns,
+                "date": start.date(),
+                "window_start": start,
+                "window_end": start + FIVE,
+                "disconnected": disc,
+                "rejoined": rejoin,
+                "dropped": drop,
+                "rejected": rest[0] if rest else 0,
+                "users_disconnected": disc,
+                "parties_affected": disc,
+                "disconnects_per_min": disc / 5,
+                "drops_per_min": drop / 5,
+                "drop_ratio": drop / disc if disc else None,
+                "rejoin_ratio": rejoin / disc if disc else None,
+                "is_final": final,
+            }
+        )
+    table = pa.Table.from_pylist(out, schema=RATES_SCHEMA)
+    return table.to_pandas().sort_values(["namespace", "window_start"], ignore_index=True)
+
+
+# --- Wilson interval -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [
+        (0, 10, 0.0, 0.27753),
+        (5, 10, 0.23659, 0.76341),
+        (10, 10, 0.72247, 1.0),
+        (1, 20, 0.00889, 0.23613),
+        (81, 263, 0.25529, 0.36621),  # Newcombe (1998), example (c)
+    ],
+)
+def test_wilson_interval_known_values(k: int, n: int, low: float, high: float) -> None:
+    lo, hi = analysis.wilson_interval(k, n)
+    assert lo[0] == pytest.approx(low, abs=5e-5)
+    assert hi[0] == pytest.approx(high, abs=5e-5)
+
+
+def test_wilson_interval_vectorised_zero_trials_and_excess() -> None:
+    lo, hi = analysis.wilson_interval([3, 0, 12], [10, 0, 10])
+    assert lo[0] < 0.3 < hi[0]
+    assert math.isnan(lo[1]) and math.isnan(hi[1])
+    # More drops than disconnects (edge bias) is taken as all of them.
+    assert (lo[2], hi[2]) == pytest.approx(tuple(x[0] for x in analysis.wilson_interval(10, 10)))
+    # Narrower with more trials at the same proportion.
+    lo_small, hi_small = analysis.wilson_interval(30, 100)
+    lo_big, hi_big = analysis.wilson_interval(300, 1000)
+    assert hi_big[0] - lo_big[0] < hi_small[0] - lo_small[0]
+
+
+# --- date filter -----------------------------------------------------------------------
+
+
+def test_filter_dates_is_half_open_and_utc() -> None:
+    rates = rates_frame([("a", m, 1, 0, 1, True) for m in (0, 55, 60, 65, 24 * 60)])
+    hour = analysis.filter_dates(rates, "2026-11-27T00:55", "2026-11-27T01:05")
+    assert list(hour["window_start"]) == [T0 + pd.Timedelta(minutes=m) for m in (55, 60)]
+    # A date is midnight UTC; an offset is converted, not ignored.
+    day = analysis.filter_dates(rates, "2026-11-27", "2026-11-28")
+    assert len(day) == 4
+    shifted = analysis.filter_dates(rates, start="2026-11-27T02:00+01:00")
+    assert list(shifted["window_start"].dt.strftime("%H:%M")) == ["01:00", "01:05", "00:00"]
+    assert len(analysis.filter_dates(rates)) == len(rates)
+    assert len(analysis.filter_dates(rates, end=pd.Timestamp("2026-11-27T01:00Z"))) == 2
+
+
+# --- ranking ---------------------------------------------------------------------------
+
+
+def test_rank_namespaces_orders_by_ratio_with_volumes_and_intervals() -> None:
+    rates = rates_frame(
+        [
+            ("low", 0, 20, 2, 18, True, 5),
+            ("low", 5, 20, 2, 18, True),
+            ("high", 0, 10, 5, 5, True),
+            ("high", 5, 10, 5, 5, True),
+            ("high", 10, 10, 10, 0, False),  # provisional: not ranked
+            ("tie-big", 0, 40, 10, 30, True),
+            ("tie-small", 0, 20, 5, 15, True),
+            ("tiny", 0, 3, 3, 0, True),  # below min_disconnects
+        ]
+    )
+    ranked = analysis.rank_namespaces(rates, min_disconnects=10)
+    assert list(ranked["namespace"]) == ["high", "tie-big", "tie-small", "low"]
+    assert list(ranked["rank"]) == [1, 2, 3, 4]
+    high = ranked.iloc[0]
+    assert (high["disconnected"], high["dropped"], high["windows"]) == (20, 10, 2)
+    assert high["drop_ratio"] == pytest.approx(0.5)
+    lo, hi = analysis.wilson_interval(10, 20)
+    assert (high["ci_low"], high["ci_high"]) == pytest.approx((lo[0], hi[0]))
+    low = ranked.set_index("namespace").loc["low"]
+    assert (low["rejected"], low["rejoin_ratio"]) == (5, pytest.approx(0.9))
+
+    with_open = analysis.rank_namespaces(rates, min_disconnects=10, final_only=False)
+    assert with_open.set_index("namespace").loc["high", "disconnected"] == 30
+
+
+def test_rank_namespaces_date_range() -> None:
+    rates = rates_frame(
+        [
+            ("a", 0, 10, 1, 9, True),
+            ("a", 60, 10, 9, 1, True),
+            ("b", 0, 10, 5, 5, True),
+            ("b", 60, 10, 5, 5, True),
+        ]
+    )
+    first = analysis.rank_namespaces(rates, None, "2026-11-27T00:30", min_disconnects=1)
+    assert list(first["namespace"]) == ["b", "a"]
+    assert list(first["disconnected"]) == [10, 10]
+    second = analysis.rank_namespaces(rates, "2026-11-27T00:30", None, min_disconnects=1)
+    assert list(second["namespace"]) == ["a", "b"]
+    assert analysis.rank_namespaces(rates, "2026-12-01", None).empty
+
+
+# --- time series and heatmap -----------------------------------------------------------
+
+
+def test_namespace_series_fills_gaps_and_sums_buckets() -> None:
+    rates = rates_frame(
+        [
+            ("a", 0, 5, 1, 4, True),
+            ("a", 15, 10, 5, 5, True),  # 5 and 10 missing: no events
+            ("a", 60, 4, 4, 0, True),
+            ("a", 70, 2, 0, 2, False),
+            ("b", 0, 99, 99, 0, True),
+        ]
+    )
+    windows = analysis.namespace_series(rates, "a")
+    assert len(windows) == 15  # 00:00 .. 01:10 every 5 minutes
+    gap = windows.set_index("bucket").loc[T0 + FIVE]
+    assert gap["disconnected"] == 0 and math.isnan(gap["drop_ratio"]) and gap["is_final"]
+    assert list(windows["is_final"].tail(2)) == [True, False]
+    assert windows["disconnects_per_min"].iloc[0] == pytest.approx(1.0)
+
+    hourly = analysis.namespace_series(rates, "a", "1h").set_index("bucket")
+    assert list(hourly["disconnected"]) == [15, 6]
+    assert hourly["drop_ratio"].iloc[0] == pytest.approx(6 / 15)
+    assert hourly["disconnects_per_min"].iloc[1] == pytest.approx(6 / 60)
+    assert list(hourly["is_final"]) == [True, False]
+    with pytest.raises(ValueError, match="shorter"):
+        analysis.namespace_series(rates, "a", "1min")
+
+
+def test_drop_ratio_by_hour() -> None:
+    rates = rates_frame(
+        [
+            ("a", 0, 10, 1, 9, True),
+            ("a", 24 * 60 + 5, 10, 5, 5, True),  # next day, same hour: summed
+            ("a", 3 * 60, 4, 2, 2, True),
+            ("a", 5 * 60, 0, 1, 0, True),  # no disconnects: no ratio
+            ("b", 60, 10, 10, 0, True),
+            ("b", 120, 10, 0, 10, False),  # provisional
+        ]
+    )
+    table = analysis.drop_ratio_by_hour(rates, ["b", "a"])
+    assert table.shape == (2, 24)
+    assert list(table.index) == ["b", "a"]
+    assert table.loc["a", 0] == pytest.approx(6 / 20)
+    assert table.loc["a", 3] == pytest.approx(0.5)
+    assert math.isnan(table.loc["a", 5])
+    assert table.loc["b", 1] == pytest.approx(1.0)
+    assert math.isnan(table.loc["b", 2])
+
+
+# --- data health ----------------------------------------------------------------------
+
+
+def late_frame() -> pd.DataFrame:
+    rows = [
+        {
+            "id": f"e{i}",
+            "namespace": "a",
+            "name": name,
+            "event_time": T0 + pd.Timedelta(minutes=minute),
+            "partition": 0,
+            "offset": i,
+            "key": b"k",
+            "value": b"{}",
+        }
+        for i, (name, minute) in enumerate(
+            [
+                ("PartyDroppedEvent", 1),
+                ("PartyDroppedEvent", 2),
+                ("PartyRejoinedEvent", 3),
+                ("PartyDroppedEvent", 185),
+            ]
+        )
+    ]
+    return pa.Table.from_pylist(rows, schema=LATE_EVENTS_SCHEMA).to_pandas()
+
+
+def dead_frame() -> pd.DataFrame:
+    errors = [
+        "not JSON: unexpected end of data: line 1 column 5 (char 4)",
+        "not JSON: unexpected end of data: line 1 column 9 (char 8)",
+        "not a JSON object",
+        "no namespace: field 'namespace' is empty",
+        "not JSON: invalid UTF-8",
+    ]
+    rows = [
+        {
+            "partition": 1,
+            "offset": i,
+            "key": None,
+            "value": None if i == 2 else b"x",
+            "error": error,
+            "seen_at": T0 + pd.Timedelta(seconds=i),
+        }
+        for i, error in enumerate(errors)
+    ]
+    return pa.Table.from_pylist(rows, schema=DEAD_LETTERS_SCHEMA).to_pandas()
+
+
+MANIFESTS = [
+    {
+        "run_id": "r2",
+        "started_at": "2026-11-28T01:00:00+00:00",
+        "ended_at": None,
+        "status": "interrupted",
+        "counts": {"messages": 5, "counted": 5},
+        "gaps": [{"partition": 0, "detail": "offsets 0..3 no longer exist (retention)"}],
+    },
+    {
+        "run_id": "r1",
+        "started_at": "2026-11-28T00:00:00+00:00",
+        "ended_at": "2026-11-28T00:01:00+00:00",
+        "status": "completed",
+        "counts": {"messages": 10, "counted": 4, "skipped": 2, "late": 3, "dead_letters": 1},
+        "gaps": [],
+    },
+]
+
+
+def test_late_events_over_time() -> None:
+    table = analysis.late_events_over_time(late_frame())
+    assert list(table.index) == [T0 + pd.Timedelta(hours=h) for h in range(4)]
+    assert list(table["PartyDroppedEvent"]) == [2, 0, 0, 1]
+    assert list(table["PartyRejoinedEvent"]) == [1, 0, 0, 0]
+    assert analysis.late_events_over_time(late_frame().head(0)).empty
+
+
+def test_dead_letter_reasons_group_by_kind() -> None:
+    reasons = analysis.dead_letter_reasons(dead_frame())
+    assert list(reasons["reason"]) == ["not JSON", "no namespace", "not a JSON object"]
+    assert list(reasons["count"]) == [3, 1, 1]
+    first = reasons.iloc[0]
+    assert first["first_seen"] == T0 and first["last_seen"] == T0 + pd.Timedelta(seconds=4)
+    assert first["example"].startswith("not JSON: ")
+    assert analysis.dead_letter_reasons(dead_frame().head(0)).empty
+
+
+def test_runs_frame() -> None:
+    runs = analysis.runs_frame(MANIFESTS)
+    assert list(runs["run_id"]) == ["r1", "r2"]
+    assert list(runs["late"]) == [3, 0]
+    assert list(runs["gaps"]) == [0, 1]
+    assert runs["started_at"].dt.tz is not None
+    assert pd.isna(runs["ended_at"].iloc[1])
+    assert analysis.runs_frame([]).empty
+
+
+# --- plots -----------------------------------------------------------------------------
+
+
+def demo_rates() -> pd.DataFrame:
+    rows = []
+    for ns, share in (("a", 0.5), ("b", 0.2), ("c", 0.3)):
+        for minute in range(0, 180, 5):
+            rows.append((ns, minute, 10, int(10 * share), 10 - int(10 * share), minute < 170))
+    return rates_frame(rows)
+
+
+def test_plot_namespace_rates_final_and_provisional_lines() -> None:
+    fig = plots.plot_namespace_rates(demo_rates(), ["a", "b"], freq=None)
+    ax_rate, ax_ratio = fig.axes[:2]
+    for ax in (ax_rate, ax_ratio):
+        lines = ax.get_lines()
+        assert len(lines) == 4  # per namespace: final + provisional
+        solid = [ln for ln in lines if ln.get_linestyle() == "-"]
+        dashed = [ln for ln in lines if ln.get_linestyle() == "--"]
+        assert len(solid) == 2 and len(dashed) == 2
+        assert all(ln.get_markerfacecolor() == "none" for ln in dashed)
+        # Final line: NaN over the provisional windows, and the reverse.
+        y_final = np.asarray(solid[0].get_ydata(), dtype=float)
+        assert np.isnan(y_final[-2:]).all() and not np.isnan(y_final[:-2]).any()
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["a", "b", plots.FINAL, plots.PROVISIONAL]
+
+    all_final = demo_rates().assign(is_final=True)
+    hourly = plots.plot_namespace_rates(all_final, ["a"], freq="1h")
+    assert len(hourly.axes[0].get_lines()) == 1
+    default = plots.plot_namespace_rates(demo_rates(), top=2)
+    assert len({ln.get_color() for ln in default.axes[0].get_lines()}) == 2
+
+
+def test_plot_ranking_bars_errorbars_and_counts() -> None:
+    ranked = analysis.rank_namespaces(demo_rates(), min_disconnects=1)
+    fig = plots.plot_ranking(ranked, top=2)
+    (ax,) = fig.axes
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(bars) == 2
+    assert [b.get_width() for b in bars] == pytest.approx([0.5, 0.3])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "c"]
+    assert len(ax.containers) == 2  # the bars and their error bars
+    texts = [t.get_text().strip() for t in ax.texts]
+    assert texts == ["170 / 340", "102 / 340"]
+
+
+def test_plot_hour_heatmap() -> None:
+    fig = plots.plot_hour_heatmap(demo_rates())
+    images = [a for a in fig.axes[0].get_children() if isinstance(a, AxesImage)]
+    assert len(images) == 1
+    assert images[0].get_array().shape == (3, 24)
+    assert len(fig.axes) == 2  # the heatmap and its colour bar
+
+
+def test_plot_data_health() -> None:
+    fig = plots.plot_data_health(late_frame(), dead_frame(), MANIFESTS)
+    ax_late, ax_runs = fig.axes
+    late_bars = [p for p in ax_late.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+    assert len(late_bars) == 3  # hour 0: dropped + rejoined; hour 3: dropped
+    assert len(ax_runs.patches) == 3 * 2  # late, dead letters, duplicates per run
+    assert "5 rows in dead_letters/" in ax_runs.get_title(loc="left")
+    assert "interrupted" in " ".join(t.get_text() for t in ax_runs.get_xticklabels())
+
+
+def test_plots_accept_empty_data() -> None:
+    empty = demo_rates().head(0)
+    for fig in (
+        plots.plot_namespace_rates(empty),
+        plots.plot_ranking(analysis.rank_namespaces(empty)),
+        plots.plot_hour_heatmap(empty),
+        plots.plot_data_health(late_frame().head(0), dead_frame().head(0), []),
+    ):
+        assert fig.axes
+
+
+def test_importing_the_helpers_leaves_the_backend_alone() -> None:
+    code = (
+        "import matplotlib\n"
+        "before = dict.__getitem__(matplotlib.rcParams, 'backend')\n"
+        "import flows.analysis, flows.plots, flows.report\n"
+        "import sys\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert dict.__getitem__(matplotlib.rcParams, 'backend') is before\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def write_output(root: Path, rates: pd.DataFrame) -> None:
+    """An output directory laid out as the job writes it (Hive-partitioned rates)."""
+    table = pa.Table.from_pandas(rates, schema=RATES_SCHEMA, preserve_index=False)
+    ds.write_dataset(
+        table,
+        root / "party_rates",
+        format="parquet",
+        partitioning=RATES_PARTITIONING,
+        basename_template="part-{i}.parquet",
+    )
+    (root / "_runs").mkdir()
+    (root / "_runs" / "r1.json").write_text(
+        '{"run_id": "r1", "started_at": "2026-11-28T00:00:00+00:00", "ended_at": null,'
+        ' "status": "completed", "counts": {"messages": 3, "late": 1}, "gaps": []}'
+    )
+
+
+def test_report_and_main_plot_from_an_output_dir(tmp_path: Path) -> None:
+    rates = demo_rates()
+    rates["namespace"] = rates["namespace"].replace({"a": "<b>a&b</b>"})
+    write_output(tmp_path / "out", rates)
+    assert set(analysis.load_party_rates(tmp_path / "out")["namespace"]) == {"<b>a&b</b>", "b", "c"}
+
+    render_report(tmp_path / "out", tmp_path / "r" / "report.html")
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 4
+    assert all(base64.b64decode(data).startswith(PNG_MAGIC) for data in images)
+    assert "&lt;b&gt;a&amp;b&lt;/b&gt;" in page and "<b>a&b</b>" not in page
+    assert "invite" in page and "same" in page  # the rate definitions
+
+    save_main_plot(tmp_path / "out", tmp_path / "main.png")
+    data = (tmp_path / "main.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+# --- data dictionary -------------------------------------------------------------------
+
+
+def test_data_dictionary_is_up_to_date() -> None:
+    committed = (REPO / "docs" / "data_dictionary.md").read_text(encoding="utf-8")
+    assert committed == render_data_dictionary(), (
+        "docs/data_dictionary.md is out of date: python -m flows.dictionary > "
+        "docs/data_dictionary.md"
+    )
+
+
+def test_data_dictionary_covers_every_column_and_manifest_field() -> None:
+    text = render_data_dictionary()
+    for schema in (RATES_SCHEMA, LATE_EVENTS_SCHEMA, DEAD_LETTERS_SCHEMA):
+        for field in schema:
+            assert field.name in UNITS, f"no unit for {field.name}"
+            description = field.metadata[b"description"].decode()
+            rows = [ln for ln in text.splitlines() if ln.startswith(f"| `{field.name}`")]
+            assert any(description in row for row in rows), field.name
+            null = "never null" if not field.nullable else "null"
+            assert any(null in row for row in rows), field.name
+    assert "| `drop_ratio` | `double` |" in text
+    assert "null when `disconnected` is 0" in text
+    for name in ("run_id", "started_at", "ended_at", "status", "settings", "gaps"):
+        assert f"| `{name}` |" in text
+    for name in ("from", "to", "end"):
+        assert f"| `partitions.*.{name}` |" in text
+    for name in ("messages", "counted", "skipped", "duplicates", "late", "dead_letters"):
+        assert f"| `counts.{name}` |" in text
+    assert len(MANIFEST_FIELDS) == 17
+    assert "same" in text and "inactive timeout" in text and "invitation" in text
+
+
+def test_dictionary_module_prints_it() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.dictionary"], capture_output=True, cwd=REPO, check=True
+    )
+    assert result.stdout.decode("utf-8") == render_data_dictionary()
