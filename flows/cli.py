@@ -85,6 +85,8 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     try:
         with state.locked(settings.process_id):
             state.prepare(settings)
+            if settings.process_id in (None, 0) and storage.exists(f"_runs/{settings.run_id}.json"):
+                raise Fail(EXIT_SETTINGS, f"a run with id {settings.run_id!r} already exists")
             parts = list_partitions(
                 settings.kafka_base_config(), settings.topic, settings.connect_seconds
             )
@@ -114,6 +116,8 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
                 recovery_config=RecoveryConfig(str(state.recovery)),
                 **cluster,
             )
+    except Fail:
+        raise
     except StateError as err:
         raise Fail(EXIT_STATE, str(err)) from None
     except SourceError as err:

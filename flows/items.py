@@ -16,8 +16,8 @@ class EventRef(NamedTuple):
     user_id: str | None
     session_id: str | None
     offset: int
-    key: bytes | None
-    value: bytes
+    key: bytes | None  # raw key and value: only while the partition had no event time yet
+    value: bytes | None
 
 
 class Chunk(NamedTuple):
@@ -82,7 +82,7 @@ class BatchResult(NamedTuple):
     late: list[Row]
     dead: list[Row]
     stats: BatchStats
-    idle: bool = False  # an empty batch sent while following, so sinks can flush on time
+    flush_tick: bool = False  # while following, about every second: sinks write what is due
 
 
 class FlushTick(NamedTuple):

@@ -15,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 
 from flows.eventtime import EventTimeError, event_time_us
+from flows.paths import MAX_SEGMENT_BYTES, fits_in_path
 from schemas.events import ENVELOPE_ADAPTER, KIND_OF_NAME
 
 NAMES_COUNTED = re.compile(rb'"Party(?:Disconnected|Rejoined|Dropped|Rejected)Event"')
@@ -142,6 +143,8 @@ def _event(
 ) -> Event | str:
     if not namespace:
         return "no namespace: field 'namespace' is empty"
+    if not fits_in_path(namespace):
+        return f"namespace too long: more than {MAX_SEGMENT_BYTES} bytes once encoded for a path"
     if not event_id:
         return "no event id: field 'id' is empty"
     try:

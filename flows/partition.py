@@ -68,6 +68,9 @@ class PartitionState:
 
     def __init__(self, next_offset: int, bucket_us: int) -> None:
         self.next_offset = next_offset
+        # Added to offsets sent downstream, so they keep growing when a recreated topic
+        # starts its offsets again from 0.
+        self.offset_shift = 0
         self.max_t_us: int | None = None
         self.dedup = DedupMemory(bucket_us)
 
@@ -97,6 +100,9 @@ def process_batch(
     ns_max: dict[str, int] = {}
     counted = 0
     max_t = state.max_t_us
+    # Raw bytes ride along only while the partition has no event time yet: only then can
+    # an on-time event meet a window already final (see flows.watermark).
+    fresh = max_t is None
     dedup = state.dedup
     seen_ids = dedup.ids
     mentions_counted = NAMES_COUNTED.search
@@ -114,11 +120,11 @@ def process_batch(
             dead.append(dead_letter_row(partition, msg, result, seen_at))
             continue
         t_us = result.t_us
+        if result.id in seen_ids:
+            duplicates += 1  # also when it comes late: the first copy was counted
+            continue
         if max_t is not None and t_us < max_t - lateness_us:
             late.append(late_row(partition, msg, result))
-            continue
-        if result.id in seen_ids:
-            duplicates += 1
             continue
         dedup.add(result.id, t_us)
         counted += 1
@@ -138,13 +144,13 @@ def process_batch(
                 result.user_id,
                 result.session_id,
                 msg.offset(),
-                msg.key(),
-                value or b"",
+                msg.key() if fresh else None,
+                value if fresh else None,
             )
         )
     if messages:
         state.next_offset = messages[-1].offset() + 1
-    next_offset = state.next_offset
+    next_offset = state.next_offset + state.offset_shift  # monotonic across topic resets
     state.max_t_us = max_t
     if max_t is not None:
         dedup.forget_before(max_t - max(dedup_horizon_us, lateness_us))
@@ -153,7 +159,7 @@ def process_batch(
         Progress(partition, next_offset, max_t, pending, ns_max) if counted or report else None
     )
     counts = Counts(len(messages), counted, skipped, duplicates, len(late), len(dead))
-    stats = BatchStats(partition, first_offset, next_offset, end_offset, counts)
+    stats = BatchStats(partition, first_offset, state.next_offset, end_offset, counts)
     return BatchResult(chunks, progress, late, dead, stats)
 
 

@@ -93,8 +93,8 @@ def build_flow(
     )
     # BatchStats | int: bookkeeping for the manifest and the progress display
 
-    idle = op.filter("idle", batches, lambda b: b.idle)
-    # BatchResult of an idle partition while following: lets the sinks write on time
+    ticking = op.filter("flush_ticks", batches, lambda b: b.flush_tick)
+    # BatchResult marked about every second while following: lets the sinks write on time
 
     for name, stream, spec, parts in (
         ("party_rates", rows, RATES, 8),
@@ -103,7 +103,7 @@ def build_flow(
     ):
         sink = ParquetSink(storage, spec, flush_seconds=flush, parts=parts)
         routed = op.map(f"route_{name}", stream, route(spec))
-        ticks_in = op.flat_map(f"{name}_ticks", idle, _flush_ticks(sink))
+        ticks_in = op.flat_map(f"{name}_ticks", ticking, _flush_ticks(sink))
         op.output(name, op.merge(f"{name}_in", routed, ticks_in), sink)
         # (file path, row) | (flush key, FlushTick) -> one Parquet file per path
     manifest = ManifestSink(

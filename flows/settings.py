@@ -88,6 +88,10 @@ class Settings(BaseSettings):
             raise ValueError("window must be at least 1s")
         if (self.process_id is None) != (self.addresses is None):
             raise ValueError("process_id and addresses go together")
+        if self.follow and parse_duration_us(self.flush_interval) < parse_duration_us(
+            self.snapshot_interval
+        ):
+            raise ValueError("flush_interval must not be shorter than snapshot_interval")
         if self.processes > 1 and self.process_id is not None:
             raise ValueError("processes starts a local cluster; do not combine with process_id")
         return self

@@ -98,11 +98,14 @@ def route(spec: DatasetSpec) -> Callable[[Row], tuple[str, Row]]:
     return lambda row: (spec.relpath(row), row)
 
 
-def merge_into(rows: dict[Any, Row], new: Row, spec: DatasetSpec) -> None:
+def merge_into(rows: dict[Any, Row], new: Row, spec: DatasetSpec) -> bool:
+    """Merge one row by key; True if that changed ``rows``."""
     key = spec.file_key(new)
     old = rows.get(key)
-    if old is None or spec.prefer_new(old, new):
+    if old is None or (old != new and spec.prefer_new(old, new)):
         rows[key] = new
+        return True
+    return False
 
 
 class ParquetSink(FixedPartitionedSink[Row | FlushTick, Buffer]):
@@ -138,6 +141,11 @@ class ParquetPart(StatefulSinkPartition[Row | FlushTick, Buffer]):
         self.buffer: Buffer = {path: dict(rows) for path, rows in buffer.items()}
         self.buffered = sum(len(r) for r in self.buffer.values())
         self.last_flush = time.monotonic()
+        # Restored rows were written after the last snapshot of the previous run, or not
+        # at all if it was killed: write them now (files already up to date are left alone)
+        # so the buffer does not carry them from run to run.
+        if self.buffered:
+            self.flush()
 
     def write_batch(self, values: list[Row | FlushTick]) -> None:
         spec = self.sink.spec
@@ -176,10 +184,18 @@ def write_merged(storage: Storage, relpath: str, new_rows: Any, spec: DatasetSpe
     if existing is not None:
         for row in existing.to_pylist():
             merged[spec.file_key(row)] = row
+    changed = existing is None
     for row in new_rows:
-        merge_into(merged, row, spec)
+        changed = merge_into(merged, _file_row(row, spec), spec) or changed
+    if not changed:
+        return
     ordered = [merged[k] for k in sorted(merged, key=_sort_key)]
     storage.write_table(relpath, pa.Table.from_pylist(ordered, schema=spec.file_schema))
+
+
+def _file_row(row: Row, spec: DatasetSpec) -> Row:
+    """The row as the file stores it (partition columns live in the path)."""
+    return {name: row[name] for name in spec.file_schema.names}
 
 
 def _sort_key(key: Any) -> Any:

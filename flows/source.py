@@ -25,10 +25,11 @@ from flows.items import BatchResult
 from flows.partition import PartitionState, process_batch
 from flows.settings import Settings
 
-IDLE_TICK_S = 1.0
-"""While following, an idle partition still sends an (empty) result this often."""
+FLUSH_TICK_S = 1.0
+"""While following, each partition marks a result this often (sent even when idle), so the
+sinks can write on time whatever the traffic."""
 
-Snapshot = tuple[int, int | None, dict[str, int], dict[int, list[str]]]
+Snapshot = tuple[int, int | None, dict[str, int], dict[int, list[str]], int]
 
 
 class SourceError(RuntimeError):
@@ -95,6 +96,13 @@ def end_offsets(
         consumer.close()
 
 
+def restore(state: PartitionState, snap: Snapshot) -> None:
+    """Put a partition's snapshot back into ``state``."""
+    state.next_offset, state.max_t_us, ids, buckets, state.offset_shift = snap
+    state.dedup.ids = dict(ids)
+    state.dedup.buckets = {b: list(v) for b, v in buckets.items()}
+
+
 class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
     """The session-history topic as a partitioned, resumable source of batch results."""
 
@@ -148,13 +156,12 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         state = PartitionState(low, self.bucket_us)
         gap = None
         if resume_state is not None:
-            state.next_offset, state.max_t_us, ids, buckets = resume_state
-            state.dedup.ids = dict(ids)
-            state.dedup.buckets = {b: list(v) for b, v in buckets.items()}
+            restore(state, resume_state)
             if state.next_offset < low:
                 gap = f"offsets {state.next_offset}..{low - 1} no longer exist (retention)"
             elif state.next_offset > high:
                 gap = f"saved offset {state.next_offset} is past the end {high} (topic recreated?)"
+                state.offset_shift += state.next_offset - low
             if gap:
                 print(
                     f"party-rates: partition {partition}: {gap}; reading from {low}",
@@ -187,7 +194,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         self.started = False
         self.done = False
         self.awake: datetime | None = None
-        self.last_result = time.monotonic()
+        self.last_tick = time.monotonic()
 
     def _finished(self) -> bool:
         return self.end_offset is not None and self.state.next_offset >= self.end_offset
@@ -195,38 +202,36 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
     def next_batch(self) -> list[BatchResult]:
         if self.done:
             raise StopIteration
+        end = self.end_offset
         msgs = [] if self._finished() else self.consumer.consume(self.source.batch_size, 0)
         good = []
-        caught_up = False
+        caught_up = reached_end = False
         for msg in msgs:
             err = msg.error()
             if err is None:
-                if self.end_offset is not None and msg.offset() >= self.end_offset:
-                    break
+                if end is not None and msg.offset() >= end:
+                    reached_end = True  # produced after the run started: the next run's
+                    continue
                 good.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
                 caught_up = True
-                if self.end_offset is not None and msg.offset() >= self.end_offset:
-                    self.state.next_offset = max(self.state.next_offset, self.end_offset)
+                reached_end = reached_end or (end is not None and msg.offset() >= end)
+            elif err.fatal():
+                raise SourceError(
+                    f"Kafka error on {self.source.topic}[{self.partition}]: {err.str()}"
+                )
             else:
-                if err.fatal():
-                    raise SourceError(
-                        f"Kafka error on {self.source.topic}[{self.partition}]: {err.str()}"
-                    )
                 print(f"party-rates: Kafka: {err.str()} (retrying)", file=sys.stderr)
+        if good and end is not None and good[-1].offset() + 1 >= end:
+            reached_end = True
         self.awake = None if good else datetime.now(UTC) + timedelta(milliseconds=20)
         first = not self.started
         self.started = True
-        if self._finished() or (
-            good and self.end_offset is not None and good[-1].offset() + 1 >= self.end_offset
-        ):
-            self.done = True
-        idle_tick = (
-            self.source.follow and not good and time.monotonic() - self.last_result >= IDLE_TICK_S
-        )
-        if not good and not first and not self.done and not caught_up and not idle_tick:
+        self.done = reached_end or self._finished()
+        now = time.monotonic()
+        tick = self.source.follow and now - self.last_tick >= FLUSH_TICK_S
+        if not good and not first and not self.done and not caught_up and not tick:
             return []
-        self.last_result = time.monotonic()
         result = process_batch(
             self.state,
             self.partition,
@@ -234,14 +239,23 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             lateness_us=self.source.lateness_us,
             dedup_horizon_us=self.source.dedup_horizon_us,
             first_offset=self.first_offset,
-            end_offset=self.end_offset,
+            end_offset=end,
             seen_at=datetime.now(UTC),
             report=first or self.done or caught_up,
             pending=not (self.done or caught_up),
         )
+        if self.done and end is not None:
+            # Offsets up to the end may hold only transaction markers: they are read.
+            self.state.next_offset = max(self.state.next_offset, end)
+            result = result._replace(
+                stats=result.stats._replace(next_offset=self.state.next_offset)
+            )
         if first and self.gap:
             result = result._replace(stats=result.stats._replace(gap=self.gap))
-        return [result._replace(idle=not good)] if self.source.follow else [result]
+        if tick:
+            self.last_tick = now
+            result = result._replace(flush_tick=True)
+        return [result]
 
     def next_awake(self) -> datetime | None:
         return self.awake
@@ -253,6 +267,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             s.max_t_us,
             dict(s.dedup.ids),
             {b: list(v) for b, v in s.dedup.buckets.items()},
+            s.offset_shift,
         )
 
     def close(self) -> None:

@@ -22,6 +22,20 @@ META = "party_rates_state.json"
 RECOVERY_PARTITIONS = 1
 
 
+FRESH = "needs a fresh --state and a fresh --output"
+MUST_MATCH = (  # (compared key, what it is, key shown, what to do)
+    ("topic", "topic", "topic", "use the state directory made for this topic"),
+    ("window_us", "window", "window", f"changing the window length {FRESH}"),
+    (
+        "allowed_lateness_us",
+        "allowed lateness",
+        "allowed_lateness",
+        f"windows already final were closed under the old lateness; changing it {FRESH}",
+    ),
+    ("output", "output", "output", "use the state directory made for this output"),
+)
+
+
 class StateError(RuntimeError):
     """The state directory cannot be used with these settings."""
 
@@ -32,6 +46,8 @@ def state_meta(settings: Settings) -> dict[str, object]:
         "topic": settings.topic,
         "window": settings.window,
         "window_us": settings.window_us,
+        "allowed_lateness": settings.allowed_lateness,
+        "allowed_lateness_us": settings.lateness_us,
         "output": settings.output,
     }
 
@@ -43,21 +59,29 @@ class StateDir:
 
     @contextlib.contextmanager
     def locked(self, process_id: int | None) -> Iterator[None]:
-        """Hold the run lock, or raise StateError if another run holds it."""
+        """Hold the run lock, or raise StateError if another run holds it.
+
+        A single-process run holds ``.lock`` alone. Each process of a cluster shares
+        ``.lock`` with the other processes and holds ``.lock-<process id>`` alone.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        name = ".lock" if process_id is None else f".lock-{process_id}"
-        with open(self.path / name, "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StateError(
-                    f"another run is using the state directory {self.path}; "
-                    "wait for it to finish (runs of one job must not overlap)"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with contextlib.ExitStack() as stack:
+            shared = process_id is not None
+            self._flock(stack, ".lock", fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            if shared:
+                self._flock(stack, f".lock-{process_id}", fcntl.LOCK_EX)
+            yield
+
+    def _flock(self, stack: contextlib.ExitStack, name: str, mode: int) -> None:
+        handle = stack.enter_context(open(self.path / name, "a"))  # noqa: SIM115
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(
+                f"another run is using the state directory {self.path}; "
+                "wait for it to finish (runs of one job must not overlap)"
+            ) from None
+        stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
 
     def prepare(self, settings: Settings) -> None:
         """Check the state belongs to these settings (or create it).
@@ -86,17 +110,11 @@ class StateDir:
                     f"state in {self.path} has format {have.get('format')}, this version uses "
                     f"{STATE_FORMAT}; start with a fresh --state and --output"
                 )
-            for key, label in (("topic", "topic"), ("window_us", "window"), ("output", "output")):
+            for key, label, shown, hint in MUST_MATCH:
                 if have.get(key) != want[key]:
-                    shown = have.get("window") if key == "window_us" else have.get(key)
-                    mine = want["window"] if key == "window_us" else want[key]
-                    hint = (
-                        "changing the window length needs a fresh --state and a fresh --output"
-                        if key == "window_us"
-                        else f"use the state directory made for this {label}"
-                    )
                     raise StateError(
-                        f"state in {self.path} was made for {label} {shown!r}, not {mine!r}: {hint}"
+                        f"state in {self.path} was made for {label} "
+                        f"{have.get(shown, have.get(key))!r}, not {want[shown]!r}: {hint}"
                     )
         elif self.recovery.exists() and any(self.recovery.iterdir()):
             raise StateError(

@@ -7,27 +7,28 @@ Readers therefore never see a half-written file.
 
 from __future__ import annotations
 
-import functools
+import os
 import posixpath
 import uuid
 from collections.abc import Iterable
-from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from flows.paths import hive_segment
+
+__all__ = ["Storage", "hive_segment"]
+
 TMP_SUFFIX = ".tmp"
 
 
-@functools.lru_cache(maxsize=65536)
-def hive_segment(column: str, value: str) -> str:
-    """``column=value`` with the value URI-encoded as pyarrow and Spark read it back.
-
-    Every byte but unreserved ASCII is percent-encoded, so ``/``, ``=``, ``%``, ``..``-paths,
-    spaces and non-ASCII can neither leave the directory nor change meaning.
-    """
-    return f"{column}={quote(value, safe='')}"
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Storage:
@@ -70,19 +71,29 @@ class Storage:
             pq.write_table(table, full, filesystem=self.fs)
             return
         tmp = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-        pq.write_table(table, tmp, filesystem=self.fs)
-        self.fs.move(tmp, full)
+        with open(tmp, "wb") as out:
+            pq.write_table(table, out)
+            out.flush()
+            os.fsync(out.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, full)
+        _fsync_dir(directory)
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
         """Replace a small file atomically (manifests)."""
         full = self.path(relpath)
         directory, name = posixpath.split(full)
         self.fs.create_dir(directory, recursive=True)
-        target = full if not self.local else posixpath.join(directory, f".{name}{TMP_SUFFIX}")
-        with self.fs.open_output_stream(target) as out:
+        if not self.local:
+            with self.fs.open_output_stream(full) as stream:
+                stream.write(data)
+            return
+        tmp = posixpath.join(directory, f".{name}{TMP_SUFFIX}")
+        with open(tmp, "wb") as out:
             out.write(data)
-        if target != full:
-            self.fs.move(target, full)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, full)
+        _fsync_dir(directory)
 
     def read_bytes(self, relpath: str) -> bytes | None:
         full = self.path(relpath)

@@ -40,6 +40,7 @@ class Clock:
         self.partition_max: dict[int, int] = {}
         self.namespaces: dict[str, _NsTrack] = {}
         self.pending: dict[int, bool] = {}  # this run's reports; not part of the snapshot
+        self.last_closed: int | None = None  # closed_until when every namespace was last looked at
 
     def watermark(self) -> int | None:
         """Event time before which the topic is complete (µs), or None if not known yet."""
@@ -75,15 +76,21 @@ class Clock:
             track.required[p] = progress.next_offset
             if track.max_t_us is None or t_us > track.max_t_us:
                 track.max_t_us = t_us
-        return self._ticks()
+        return self._ticks(progress.namespaces)
 
-    def _ticks(self) -> list[tuple[str, Tick]]:
+    def _ticks(self, touched: dict[str, int]) -> list[tuple[str, Tick]]:
         closed = self.closed_until()
         if closed is None:
             return []
+        if closed == self.last_closed:
+            names = list(touched)  # nothing new closed: only these can need a first tick
+        else:
+            names = list(self.namespaces)
+            self.last_closed = closed
         out = []
         w = self.window_us
-        for ns, track in self.namespaces.items():
+        for ns in names:
+            track = self.namespaces[ns]
             if track.sent is not None and track.sent >= closed:
                 continue
             assert track.max_t_us is not None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.broker import free_port
-from flows.statedir import StateDir
+from flows.statedir import StateDir, StateError
 from tests.helpers import run_cli, run_job
 
 
@@ -89,3 +89,38 @@ def test_second_run_on_same_state_refuses(broker, tmp_path: Path) -> None:
         )  # fmt: skip
     assert result.returncode == 4
     assert "another run" in _one_clear_line(result.stderr)
+
+
+@pytest.mark.broker
+def test_changed_allowed_lateness_is_refused(broker, tmp_path: Path) -> None:
+    topic = broker.new_topic(partitions=1)
+    run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s")
+    result = run_cli(
+        "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(tmp_path / "o"),
+        "--state", str(tmp_path / "s"), "--allowed-lateness", "30m",
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert "lateness" in _one_clear_line(result.stderr)
+
+
+@pytest.mark.broker
+def test_reused_run_id_is_refused(broker, tmp_path: Path) -> None:
+    topic = broker.new_topic(partitions=1)
+    run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s", "--run-id", "nightly")
+    result = run_cli(
+        "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(tmp_path / "o"),
+        "--state", str(tmp_path / "s"), "--run-id", "nightly",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "nightly" in _one_clear_line(result.stderr)
+
+
+def test_single_process_and_cluster_runs_exclude_each_other(tmp_path: Path) -> None:
+    state = StateDir(str(tmp_path / "s"))
+    with state.locked(None), pytest.raises(StateError), state.locked(0):
+        pass
+    with state.locked(0), state.locked(1):  # processes of one cluster share the state
+        with pytest.raises(StateError), state.locked(None):
+            pass
+        with pytest.raises(StateError), state.locked(1):
+            pass

@@ -19,7 +19,7 @@ from flows.partition import PartitionState
 from flows.party_rates import build_flow
 from flows.settings import Settings
 from flows.simulator import SimConfig, generate
-from flows.source import PartitionReader, TopicSource
+from flows.source import PartitionReader, TopicSource, restore
 from tests.helpers import assert_same_rows, job_rows, reference_rows
 
 MIN = 60_000_000
@@ -73,11 +73,7 @@ class MemorySource(TopicSource):
         p = int(for_part)
         state = PartitionState(0, self.bucket_us)
         if resume_state is not None:
-            state.next_offset, state.max_t_us, ids, buckets = resume_state
-            state.dedup.ids, state.dedup.buckets = (
-                dict(ids),
-                {b: list(v) for b, v in buckets.items()},
-            )
+            restore(state, resume_state)
         consumer = FakeConsumer(self.parts[p], state.next_offset)
         return PartitionReader(self, consumer, p, state, len(self.parts[p]), None)
 
@@ -131,3 +127,26 @@ def test_resume_from_snapshot_equals_one_run(tmp_path: Path) -> None:
     assert_same_rows(job_rows(tmp_path / "out"), expected)
     manifests = load_manifests(tmp_path / "out")
     assert sum(m["counts"]["messages"] for m in manifests) == len(flat)
+
+
+class GappyConsumer(FakeConsumer):
+    """Offsets 0-9, a transaction marker at 10, then messages produced after the run began."""
+
+    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
+        out = self.messages[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+def test_run_ends_when_the_last_offset_before_the_end_is_a_marker() -> None:
+    settings = Settings(output="unused", state="unused")
+    messages, _ = generate(SimConfig(messages=40, namespaces=2, hours=1, seed=2))
+    msgs = [FakeMessage(i, m.key, m.value) for i, m in enumerate(messages[:10])]
+    msgs += [FakeMessage(11 + i, m.key, m.value) for i, m in enumerate(messages[10:])]
+    source = TopicSource(settings)
+    reader = PartitionReader(source, GappyConsumer(msgs, 0), 0, PartitionState(0, MIN), 11, None)
+    (result,) = reader.next_batch()
+    assert result.stats.counts.messages == 10
+    assert result.stats.next_offset == 11
+    with pytest.raises(StopIteration):
+        reader.next_batch()

@@ -220,3 +220,35 @@ def test_two_processes_equal_one(broker, tmp_path: Path) -> None:
         tmp_path / "s2" / ".lock-0",
         tmp_path / "s2" / ".lock-1",
     ]
+
+
+def test_a_run_without_new_data_rewrites_nothing(broker, tmp_path: Path) -> None:
+    topic = broker.new_topic(partitions=2)
+    produce(broker.bootstrap, topic, generate(SimConfig(messages=3_000, namespaces=4, hours=2))[0])
+    out, state = tmp_path / "out", tmp_path / "state"
+    run_job(broker.bootstrap, topic, out, state)
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    run_job(broker.bootstrap, topic, out, state)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
+
+
+def test_recreated_topic_is_reported_and_read_from_the_start(broker, tmp_path: Path) -> None:
+    if broker.embedded is None:
+        pytest.skip("needs the embedded broker to delete and recreate topics")
+    topic = broker.new_topic(partitions=1)
+    first = [_event("PartyDisconnectedEvent", "ns", T0 + i * MIN) for i in range(30)]
+    _send(broker.bootstrap, topic, first)
+    out, state = tmp_path / "out", tmp_path / "state"
+    run_job(broker.bootstrap, topic, out, state)
+    broker.embedded.delete_topic(topic)
+    broker.embedded.create_topic(topic, partitions=1)
+    second = [_event("PartyDroppedEvent", "ns", T0 + (40 + i) * MIN) for i in range(5)]
+    _send(broker.bootstrap, topic, second)
+    result = run_job(broker.bootstrap, topic, out, state)
+
+    assert "past the end" in result.stderr
+    last = load_manifests(out)[-1]
+    assert last["gaps"] and last["gaps"][0]["partition"] == 0
+    assert last["counts"]["messages"] == 5
+    assert last["counts"]["counted"] == 5
+    assert job_rows(out)["dropped"].sum() == 5

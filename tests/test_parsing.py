@@ -350,3 +350,15 @@ def test_never_raises_on_near_valid_envelopes(
     result = classify_checked(dumps(doc))
     if level == "top" and field == "name" and replacement in COUNTED_NAMES:
         assert isinstance(result, Event)
+
+
+def test_namespace_too_long_for_a_path_is_a_dead_letter() -> None:
+    from flows.paths import MAX_SEGMENT_BYTES, hive_segment
+
+    long_ns = "名" * 30  # 30 characters, 270 bytes once percent-encoded
+    assert len(hive_segment("namespace", long_ns)) > MAX_SEGMENT_BYTES
+    value = dumps(envelope(namespace=long_ns))
+    result = classify(value)
+    assert isinstance(result, str)
+    assert "too long" in result
+    assert isinstance(classify(dumps(envelope(namespace="名" * 10))), Event)

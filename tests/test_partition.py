@@ -365,3 +365,31 @@ def test_progress_max_is_the_partition_max_not_the_batch_max() -> None:
     assert result.progress is not None
     assert result.progress.max_t_us == T0 + 9 * MIN
     assert result.progress.namespaces == {"ns-a": T0 + MIN}
+
+
+def test_a_remembered_id_arriving_late_is_a_duplicate() -> None:
+    """A re-send of a counted event is a duplicate even when it comes after the lateness:
+    late_events only holds events that are not in the rates."""
+    state = new_state()
+    run(state, batch([event_bytes("a", T0), event_bytes("z", T0 + 5 * MIN)]))
+    state.max_t_us = T0 + 11 * MIN  # the partition moved on; "a" is still remembered
+    again = run(state, batch([event_bytes("a", T0)], 2))
+    assert again.stats.counts.duplicates == 1
+    assert again.late == []
+
+
+def test_raw_bytes_travel_only_while_the_partition_has_no_event_time() -> None:
+    state = new_state()
+    first = run(state, batch([event_bytes("a", T0)]))
+    later = run(state, batch([event_bytes("b", T0 + MIN)], 1))
+    assert first.chunks["ns-a"].events[0].value is not None
+    assert later.chunks["ns-a"].events[0].value is None
+
+
+def test_offset_shift_keeps_downstream_offsets_growing() -> None:
+    state = new_state()
+    state.offset_shift = 1000  # the topic was recreated after offset 1000
+    result = run(state, batch([event_bytes("a", T0)], 0))
+    assert result.stats.next_offset == 1
+    assert result.chunks["ns-a"].next_offset == 1001
+    assert result.progress is not None and result.progress.next_offset == 1001
