@@ -48,6 +48,7 @@ def test_follow_writes_as_windows_close_and_resumes(broker, tmp_path: Path) -> N
     out, state = tmp_path / "out", tmp_path / "state"
     args = ["run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
     args += ["--state", str(state), "--follow", "--flush-interval", "1s", "--progress", "off"]
+    args += ["--snapshot-interval", "1s"]
     proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _final_rows(out) > 0, "the first final rows")
