@@ -252,3 +252,16 @@ def test_recreated_topic_is_reported_and_read_from_the_start(broker, tmp_path: P
     assert last["counts"]["messages"] == 5
     assert last["counts"]["counted"] == 5
     assert job_rows(out)["dropped"].sum() == 5
+
+
+def test_rescaling_between_runs(broker, tmp_path: Path) -> None:
+    """1 worker, then 2 processes, then 1 worker on the same state: as one run."""
+    messages, _ = generate(SMALL)
+    one, split = broker.new_topic(partitions=3), broker.new_topic(partitions=3)
+    produce(broker.bootstrap, one, messages)
+    run_job(broker.bootstrap, one, tmp_path / "one", tmp_path / "one-state")
+    for part, extra in zip(chunks(messages, 3), ([], ["--processes", "2"], []), strict=True):
+        produce(broker.bootstrap, split, part)
+        run_job(broker.bootstrap, split, tmp_path / "split", tmp_path / "split-state", *extra)
+    assert_same_rows(job_rows(tmp_path / "split"), job_rows(tmp_path / "one"))
+    assert sum(m["counts"]["messages"] for m in load_manifests(tmp_path / "split")) == len(messages)
