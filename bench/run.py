@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -50,7 +50,14 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument(
+        "--memory-scaling",
+        action="store_true",
+        help="only the job's peak RSS over MESSAGES and 4 x MESSAGES (written to MEMORY.md)",
+    )
     args = parser.parse_args()
+    if args.memory_scaling:
+        return memory_scaling(args.messages, not args.no_write)
     py = sys.executable
     work = Path(tempfile.mkdtemp(prefix="party-rates-bench-"))
     results: dict[str, list[tuple[float, int]]] = {}
@@ -63,18 +70,19 @@ def main() -> int:
         del messages
         print(f"produced {n:,} messages in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
 
-        def job(workers: int, i: int) -> list[str]:
-            d = work / f"job-{workers}-{i}"
+        def job(i: int, *extra: str) -> list[str]:
+            d = work / f"job-{'-'.join(extra)}-{i}"
             shutil.rmtree(d, ignore_errors=True)
             return [
                 py, "-m", "flows.cli", "run", "--brokers", broker.bootstrap,
                 "--output", str(d / "out"), "--state", str(d / "state"),
-                "--progress", "off", "--workers", str(workers),
+                "--progress", "off", *extra,
             ]  # fmt: skip
 
         contenders = {
-            "party-rates run (1 worker)": lambda i: job(1, i),
-            "party-rates run (2 workers)": lambda i: job(2, i),
+            "party-rates run (1 worker)": lambda i: job(i),
+            "party-rates run (2 workers)": lambda i: job(i, "--workers", "2"),
+            "party-rates run (2 processes)": lambda i: job(i, "--processes", "2"),
             "hand-written consumer (orjson + dict)": lambda i: [
                 py, "-m", "bench.consumers", "handwritten", broker.bootstrap, topic, "4"
             ],
@@ -95,6 +103,56 @@ def main() -> int:
     print(report)
     if not args.no_write:
         (HERE / "RESULTS.md").write_text(report)
+    return 0
+
+
+def memory_scaling(n: int, write: bool) -> int:
+    """Peak RSS of the job over n and over 4n messages: bounded by open windows, not input."""
+    py = sys.executable
+    work = Path(tempfile.mkdtemp(prefix="party-rates-mem-"))
+    rows = []
+    with embedded_broker() as broker:
+        for scale in (1, 4):
+            topic = f"mem-{scale}"
+            broker.create_topic(topic, partitions=4)
+            produced = 0
+            for seed in range(scale):  # 4n as four simulated days in a row
+                start = SimConfig().start + timedelta(days=seed)
+                cfg = SimConfig(messages=n, namespaces=60, seed=seed, start=start)
+                messages, _ = generate(cfg)
+                produced += produce(broker.bootstrap, topic, messages)
+                del messages
+            d = work / topic
+            cmd = [
+                py, "-m", "flows.cli", "run", "--brokers", broker.bootstrap, "--topic", topic,
+                "--output", str(d / "out"), "--state", str(d / "state"), "--progress", "off",
+            ]  # fmt: skip
+            elapsed, peak = measure(cmd)
+            rows.append((produced, elapsed, peak))
+            print(f"{produced:,} messages: peak RSS {peak / 2**20:.0f} MiB", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+    (small, _, p1), (big, _, p4) = rows
+    report = "\n".join(
+        [
+            "# Memory scaling",
+            "",
+            "Measured by `make bench BENCH_ARGS=--memory-scaling` on "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({platform.platform()}, "
+            f"{os.cpu_count()} CPUs): the job's peak RSS (process and children, sampled "
+            "every 50 ms) over one simulated day and over four days in a row.",
+            "",
+            "| messages | peak RSS (MiB) |",
+            "|---:|---:|",
+            f"| {small:,} | {p1 / 2**20:.0f} |",
+            f"| {big:,} | {p4 / 2**20:.0f} |",
+            "",
+            f"4x the input: peak RSS x **{p4 / p1:.2f}**.",
+            "",
+        ]
+    )
+    print(report)
+    if write:
+        (HERE / "MEMORY.md").write_text(report)
     return 0
 
 
@@ -126,6 +184,7 @@ def render(n: int, repeats: int, results: dict[str, list[tuple[float, int]]]) ->
         f"- job ÷ raw consume ceiling: **{job / med['raw consume ceiling (no parsing)']:.2f}**",
         f"- job ÷ naive Bytewax flow: **{job / naive:.2f}**",
         f"- 2 workers ÷ 1 worker: **{med['party-rates run (2 workers)'] / job:.2f}**",
+        f"- 2 processes ÷ 1 worker: **{med['party-rates run (2 processes)'] / job:.2f}**",
         "",
         "The job's time is the whole run (start-up, partition checks, consume, validate, "
         "window, write Parquet and the manifest); the others only consume and count in memory.",

@@ -138,6 +138,10 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 # Short fetch waits: a partition near its end does not stall the others
                 # (overridable through the extra Kafka settings).
                 "fetch.wait.max.ms": "100" if self.follow else "10",
+                # Bounded prefetch: memory must not grow with the backlog (librdkafka's
+                # default queues up to 64 MiB per partition).
+                "queued.max.messages.kbytes": "8192",
+                "queued.min.messages": "20000",
                 **self.config,
                 "group.id": "party-rates",
                 "enable.auto.commit": "false",

@@ -1,0 +1,137 @@
+"""Arbitrary input at the parsing step: nothing raises, every message is accounted for."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from flows.parsing import well_typed
+from flows.partition import PartitionState, process_batch
+from schemas.events import ENVELOPE_ADAPTER
+from tests.test_parsing import COUNTED, JSON_VALUES, TEXT, envelope
+
+MIN = 60_000_000
+ODD_TIMES = st.sampled_from(
+    [
+        "2024-05-01T23:59:60Z",  # leap second
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "2024-05-01T12:00:00+14:00",
+        "2024-05-01T12:00:00.123456789-12:00",
+        "2024-05-01t12:00:00z",
+        "2024-05-01T12:00:00",
+        "2024-02-30T00:00:00Z",
+        "",
+    ]
+)
+
+
+class Msg:
+    def __init__(self, offset: int, value: bytes | None) -> None:
+        self._o, self._v = offset, value
+
+    def value(self) -> bytes | None:
+        return self._v
+
+    def key(self) -> bytes | None:
+        return b"k"
+
+    def offset(self) -> int:
+        return self._o
+
+
+@st.composite
+def valid_events(draw: st.DrawFn) -> bytes:
+    doc = envelope(
+        draw(COUNTED),
+        id=draw(st.sampled_from(["a", "b", "c", "d", "e"])),  # a small pool: duplicates
+        namespace=draw(st.sampled_from(["n1", "n2", "../x"])),
+    )
+    t = 1_714_564_800_000_000 + draw(st.integers(0, 60)) * MIN
+    doc["timestampUnixNano"] = t * 1000
+    return orjson.dumps(doc)
+
+
+@st.composite
+def odd_envelopes(draw: st.DrawFn) -> bytes:
+    doc = envelope(draw(COUNTED), timestamp=draw(ODD_TIMES))
+    field = draw(st.sampled_from(["id", "namespace", "userId", "version", "payload", "name"]))
+    doc[field] = draw(JSON_VALUES)
+    return orjson.dumps(doc)
+
+
+def _deep(n: int) -> bytes:
+    return b'{"name":"PartyDroppedEvent","x":' + b"[" * n + b"]" * n + b"}"
+
+
+MESSAGES = st.one_of(
+    st.none(),
+    st.binary(max_size=300),
+    JSON_VALUES.map(orjson.dumps),
+    valid_events(),
+    odd_envelopes(),
+    st.integers(1, 300).map(_deep),
+    st.builds(lambda n, s: orjson.dumps(envelope(n, userId=s * 50_000)), COUNTED, TEXT),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(MESSAGES, max_size=40), st.lists(MESSAGES, max_size=40))
+def test_every_message_ends_counted_skipped_or_dead_lettered(
+    first: list[bytes | None], second: list[bytes | None]
+) -> None:
+    state = PartitionState(0, 5 * MIN)
+    offset = 0
+    for values in (first, second):
+        msgs = [Msg(offset + i, v) for i, v in enumerate(values)]
+        offset += len(values)
+        result = process_batch(
+            state, 0, msgs, lateness_us=10 * MIN, dedup_horizon_us=10 * MIN,
+            first_offset=0, end_offset=None, seen_at=datetime(2024, 5, 2, tzinfo=UTC),
+        )  # fmt: skip
+        c = result.stats.counts
+        assert c.messages == len(values)
+        assert c.counted + c.skipped + c.duplicates + c.late + c.dead_letters == c.messages
+        assert len(result.dead) == c.dead_letters
+        assert len(result.late) == c.late
+        assert sum(len(ch.events) for ch in result.chunks.values()) == c.counted
+        assert all(row["error"] for row in result.dead)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    field=st.sampled_from([*envelope().keys(), "timestampUnixNano", "payload.userIds"]),
+    replacement=JSON_VALUES,
+)
+def test_fast_type_check_agrees_with_the_model(field: str, replacement: Any) -> None:
+    """The orjson fast path accepts exactly what the pydantic Envelope model accepts."""
+    doc = envelope()
+    if field.startswith("payload."):
+        doc["payload"][field.split(".", 1)[1]] = replacement
+    else:
+        doc[field] = replacement
+    raw = orjson.dumps(doc)
+    try:
+        ENVELOPE_ADAPTER.validate_json(raw)
+        model_ok = True
+    except ValidationError:
+        model_ok = False
+    assert well_typed(orjson.loads(raw)) == model_ok
+
+
+@pytest.mark.parametrize("size_mb", [4])
+def test_very_large_message(size_mb: int) -> None:
+    big = orjson.dumps(envelope(traceId="x" * (size_mb * 2**20)))
+    state = PartitionState(0, 5 * MIN)
+    result = process_batch(
+        state, 0, [Msg(0, big), Msg(1, None)], lateness_us=10 * MIN, dedup_horizon_us=10 * MIN,
+        first_offset=0, end_offset=None, seen_at=datetime(2024, 5, 2, tzinfo=UTC),
+    )  # fmt: skip
+    assert result.stats.counts.counted == 1
+    assert result.dead[0]["error"] == "empty message (tombstone)"
