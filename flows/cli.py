@@ -37,6 +37,11 @@ FLAGS: dict[str, dict[str, Any]] = {
     "process_id": {"type": int, "help": "this process's index in a cluster (-i)"},
     "addresses": {"help": "all cluster processes HOST:PORT;HOST:PORT (-a)"},
     "connect_timeout": {"help": "how long to try reaching the brokers (default 20s)"},
+    "broker_timeout": {"help": "how long to retry brokers that went away mid-run (default 60s)"},
+    "s3_endpoint": {"help": "object store endpoint for an s3:// --output"},
+    "s3_access_key": {"help": "object store access key"},
+    "s3_secret_key": {"help": "object store secret key (prefer PARTY_RATES_S3_SECRET_KEY)"},
+    "s3_region": {"help": "object store region"},
     "progress": {"choices": ["auto", "bar", "log", "off"], "help": "progress display"},
     "run_id": {"help": "id of this run (default: start time + random)"},
 }
@@ -81,7 +86,7 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     from flows.storage import Storage
 
     state = StateDir(settings.state)
-    storage = Storage(settings.output)
+    storage = Storage.for_settings(settings)
     try:
         with state.locked(settings.process_id):
             state.prepare(settings)

@@ -41,7 +41,7 @@ def build_flow(
         settings = Settings()
     source = source or TopicSource(settings)
     partitions = [int(p) for p in source.list_parts()]
-    storage = Storage(settings.output)
+    storage = Storage.for_settings(settings)
     flush = settings.flush_seconds if settings.follow else None
     w, late = settings.window_us, settings.lateness_us
     flow = Dataflow("party_rates")

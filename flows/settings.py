@@ -10,7 +10,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.eventtime import parse_duration_us
@@ -57,11 +57,25 @@ class Settings(BaseSettings):
     process_id: int | None = Field(None, ge=0, description="This process in a cluster (-i)")
     addresses: str | None = Field(None, description="Cluster processes, HOST:PORT;… (-a)")
     connect_timeout: str = Field("20s", description="How long to try reaching the brokers")
+    broker_timeout: str = Field(
+        "60s", description="How long a run keeps retrying brokers that went away before it stops"
+    )
+    s3_endpoint: str | None = Field(
+        None, description="Object store endpoint for an s3:// --output, e.g. http://host:8333"
+    )
+    s3_access_key: str | None = Field(None, description="Object store access key")
+    s3_secret_key: SecretStr | None = Field(None, description="Object store secret key")
+    s3_region: str | None = Field(None, description="Object store region")
     progress: Literal["auto", "bar", "log", "off"] = Field("auto", description="Progress display")
     run_id: str = Field(default_factory=new_run_id, description="Id of this run's manifest")
 
     @field_validator(
-        "window", "allowed_lateness", "snapshot_interval", "flush_interval", "connect_timeout"
+        "window",
+        "allowed_lateness",
+        "snapshot_interval",
+        "flush_interval",
+        "connect_timeout",
+        "broker_timeout",
     )
     @classmethod
     def _duration(cls, v: str) -> str:
@@ -121,6 +135,10 @@ class Settings(BaseSettings):
     def connect_seconds(self) -> float:
         return parse_duration_us(self.connect_timeout) / 1e6
 
+    @property
+    def broker_seconds(self) -> float:
+        return parse_duration_us(self.broker_timeout) / 1e6
+
     def broker_list(self) -> list[str]:
         return [b.strip() for b in self.brokers.split(",") if b.strip()]
 
@@ -132,4 +150,5 @@ class Settings(BaseSettings):
         """The settings with secrets redacted, for manifests and logs."""
         data = self.model_dump()
         data["kafka_config"] = redact(self.kafka_config)
+        data["s3_secret_key"] = "***" if self.s3_secret_key else None
         return data

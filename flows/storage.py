@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from flows.paths import hive_segment
+from flows.settings import Settings
 
 __all__ = ["Storage", "hive_segment"]
 
@@ -49,6 +50,11 @@ class Storage:
         self.fs = filesystem
         self.root = path.rstrip("/") or "/"
         self.local = isinstance(filesystem, pafs.LocalFileSystem)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Storage:
+        """The output storage the settings describe (local directory for now)."""
+        return cls(settings.output)
 
     def path(self, relpath: str) -> str:
         return posixpath.join(self.root, relpath)
