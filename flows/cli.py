@@ -92,6 +92,7 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
             state.prepare(settings)
             if settings.process_id in (None, 0) and storage.exists(f"_runs/{settings.run_id}.json"):
                 raise Fail(EXIT_SETTINGS, f"a run with id {settings.run_id!r} already exists")
+            check_kafka_settings(settings)
             parts = list_partitions(
                 settings.kafka_base_config(), settings.topic, settings.connect_seconds
             )
@@ -133,13 +134,25 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
         if "signal received" in str(err):
             raise Stopped() from None
         cause: BaseException | None = err
+        root: BaseException = err
         while cause is not None:
             if isinstance(cause, SourceError):
                 raise Fail(EXIT_KAFKA, str(cause)) from None
+            root = cause
             cause = cause.__cause__ or cause.__context__
-        raise Fail(EXIT_FAILED, f"the run failed: {_last_line(err)}") from err
+        raise Fail(EXIT_FAILED, f"the run failed: {_last_line(root)}") from err
     data = storage.read_bytes(f"_runs/{settings.run_id}.json")
     return json.loads(data) if data else None
+
+
+def check_kafka_settings(settings: Settings) -> None:
+    """Refuse librdkafka settings the client itself rejects, before anything starts."""
+    from confluent_kafka import Consumer, KafkaException
+
+    try:
+        Consumer({**settings.kafka_base_config(), "group.id": "party-rates"}).close()
+    except KafkaException as err:
+        raise Fail(EXIT_SETTINGS, f"invalid Kafka setting: {err.args[0].str()}") from None
 
 
 def _last_line(err: BaseException) -> str:

@@ -194,7 +194,12 @@ def _malformed(rng: random.Random, i: int, t_us: int) -> bytes:
     return kinds[i % len(kinds)]
 
 
-def produce(bootstrap: str, topic: str, messages: Iterable[SimMessage]) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[SimMessage],
+    config: dict[str, str | int] | None = None,
+) -> int:
     """Produce messages keyed by event id (so re-sends land on the same partition)."""
     producer = Producer(
         {
@@ -203,6 +208,7 @@ def produce(bootstrap: str, topic: str, messages: Iterable[SimMessage]) -> int:
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 500_000,
             "compression.type": "none",
+            **(config or {}),
         }
     )
     n = 0

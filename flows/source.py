@@ -115,6 +115,8 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         self.dedup_horizon_us = settings.dedup_horizon_us
         self.bucket_us = settings.window_us
         self.timeout_s = settings.connect_seconds
+        self.broker_timeout_s = settings.broker_seconds
+        self.brokers = settings.brokers
         self._ends: dict[int, tuple[int, int]] | None = None
         self._ends_lock = threading.Lock()
 
@@ -133,8 +135,10 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         self, step_id: str, for_part: str, resume_state: Snapshot | None
     ) -> PartitionReader:
         partition = int(for_part)
+        errors = BrokerErrors()
         consumer = Consumer(
             {
+                "error_cb": errors.record,
                 # Short fetch waits: a partition near its end does not stall the others
                 # (overridable through the extra Kafka settings).
                 "fetch.wait.max.ms": "100" if self.follow else "10",
@@ -173,7 +177,30 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 )
                 state.next_offset = low
         consumer.assign([TopicPartition(self.topic, partition, state.next_offset)])
-        return PartitionReader(self, consumer, partition, state, None if self.follow else high, gap)
+        reader = PartitionReader(
+            self, consumer, partition, state, None if self.follow else high, gap
+        )
+        reader.errors = errors
+        return reader
+
+
+class BrokerErrors:
+    """Client errors since the partition last made progress, to bound retrying."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.last = ""
+
+    def record(self, err: KafkaError) -> None:
+        if err.fatal():
+            raise SourceError(f"Kafka error: {err.str()}")
+        if self.since is None:
+            self.since = time.monotonic()
+            print(f"party-rates: Kafka: {err.str()} (retrying)", file=sys.stderr)
+        self.last = err.str()
+
+    def progressed(self) -> None:
+        self.since = None
 
 
 class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
@@ -198,6 +225,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         self.started = False
         self.done = False
         self.awake: datetime | None = None
+        self.errors = BrokerErrors()
         self.last_tick = time.monotonic()
 
     def _finished(self) -> bool:
@@ -220,12 +248,18 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             elif err.code() == KafkaError._PARTITION_EOF:
                 caught_up = True
                 reached_end = reached_end or (end is not None and msg.offset() >= end)
-            elif err.fatal():
-                raise SourceError(
-                    f"Kafka error on {self.source.topic}[{self.partition}]: {err.str()}"
-                )
             else:
-                print(f"party-rates: Kafka: {err.str()} (retrying)", file=sys.stderr)
+                self.errors.record(err)
+        if good or caught_up:
+            self.errors.progressed()
+        elif self.errors.since is not None and (
+            time.monotonic() - self.errors.since > self.source.broker_timeout_s
+        ):
+            raise SourceError(
+                f"lost the Kafka brokers {self.source.brokers} for more than "
+                f"{self.source.broker_timeout_s:g}s ({self.errors.last}); nothing after the "
+                "last snapshot was recorded: the next run reads it again"
+            )
         if good and end is not None and good[-1].offset() + 1 >= end:
             reached_end = True
         self.awake = None if good else datetime.now(UTC) + timedelta(milliseconds=20)

@@ -124,3 +124,12 @@ def test_single_process_and_cluster_runs_exclude_each_other(tmp_path: Path) -> N
             pass
         with pytest.raises(StateError), state.locked(1):
             pass
+
+
+def test_kafka_setting_the_client_rejects(tmp_path: Path) -> None:
+    result = run_cli(
+        "run", "--output", str(tmp_path / "o"), "--state", str(tmp_path / "s"),
+        "--kafka-config", "fetch.max.bytes=10",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "fetch.max.bytes" in _one_clear_line(result.stderr)

@@ -1,0 +1,68 @@
+"""The broker goes away in the middle of a run, then comes back."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.broker import EmbeddedBroker, free_port
+from flows.simulator import SimConfig, generate, produce
+from tests.helpers import CLI, REPO, assert_same_rows, job_rows, run_job
+from tests.tcpproxy import Proxy
+from tests.test_crash import _log_rows, _snapshotted_epoch
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+@pytest.fixture
+def proxied_broker():
+    """A broker whose clients all go through a proxy on the advertised port."""
+    proxy_port = free_port()
+    broker = EmbeddedBroker(advertised_port=proxy_port)
+    proxy = Proxy(proxy_port, broker.port)
+    proxy.start()
+    try:
+        yield f"127.0.0.1:{proxy_port}", broker, proxy
+    finally:
+        proxy.stop()
+        broker.stop()
+
+
+def test_broker_lost_mid_run_stops_cleanly_and_the_next_run_redoes_it(
+    proxied_broker, tmp_path: Path
+) -> None:
+    bootstrap, broker, proxy = proxied_broker
+    broker.create_topic("mpv2SessionHistory")
+    messages, _ = generate(SimConfig(messages=60_000, namespaces=8, hours=6, seed=8))
+    # Small record batches, so the run below cannot have fetched everything when cut.
+    produce(bootstrap, "mpv2SessionHistory", messages, {"batch.num.messages": 200})
+    run_job(bootstrap, "mpv2SessionHistory", tmp_path / "clean", tmp_path / "clean-state")
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    args = ["run", "--brokers", bootstrap, "--output", str(out), "--state", str(state)]
+    args += ["--progress", "off", "--batch-size", "3", "--snapshot-interval", "300ms"]
+    args += ["--broker-timeout", "3s", "--kafka-config", "queued.max.messages.kbytes=256"]
+    args += ["--kafka-config", "fetch.max.bytes=1000000"]
+    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the recovery store the run writes
+    assert proc.poll() is None, "the run finished before the broker could be cut"
+    proxy.stop()
+    cut = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert time.monotonic() - cut < 60
+    lines = [line for line in err.splitlines() if line.startswith("party-rates: error:")]
+    assert len(lines) == 1, err
+    assert "lost the Kafka brokers" in lines[0]
+    assert "Traceback" not in err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+    proxy.start()
+    run_job(bootstrap, "mpv2SessionHistory", out, state)
+    assert_same_rows(job_rows(out), job_rows(tmp_path / "clean"))
+    assert _log_rows(out) == _log_rows(tmp_path / "clean")
