@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zlib import adler32
 
@@ -52,6 +52,7 @@ class DatasetSpec:
     file_key: Callable[[Row], Any]
     relpath: Callable[[Row], str]
     prefer_new: Callable[[Row, Row], bool]  # (old, new) -> replace old with new?
+    day: Callable[[Row], date | None] = lambda row: None  # the file's day, if it has one
 
 
 def _rates_path(row: Row) -> str:
@@ -76,6 +77,7 @@ RATES = DatasetSpec(
     file_key=lambda row: row["window_start"],
     relpath=_rates_path,
     prefer_new=lambda old, new: not (old["is_final"] and not new["is_final"]),
+    day=lambda row: row["date"] if row["is_final"] else None,
 )
 LATE_EVENTS = DatasetSpec(
     "late_events",
@@ -141,6 +143,7 @@ class ParquetPart(StatefulSinkPartition[Row | FlushTick, Buffer]):
         self.buffer: Buffer = {path: dict(rows) for path, rows in buffer.items()}
         self.buffered = sum(len(r) for r in self.buffer.values())
         self.last_flush = time.monotonic()
+        self.newest_day: date | None = None  # of the final rows seen
         # Restored rows were written after the last snapshot of the previous run, or not
         # at all if it was killed: write them now (files already up to date are left alone)
         # so the buffer does not carry them from run to run.
@@ -156,11 +159,31 @@ class ParquetPart(StatefulSinkPartition[Row | FlushTick, Buffer]):
             before = len(rows)
             merge_into(rows, row, spec)
             self.buffered += len(rows) - before
+            day = spec.day(row)
+            if day is not None and (self.newest_day is None or day > self.newest_day):
+                self.newest_day = day
+                self.flush_settled_days()
         due = self.sink.flush_seconds is not None and (
             time.monotonic() - self.last_flush >= self.sink.flush_seconds
         )
         if self.buffered >= MAX_BUFFERED_ROWS or (due and self.buffered):
             self.flush()
+
+    def flush_settled_days(self) -> None:
+        """Write the files of days two days behind the newest final row, if all final.
+
+        Over a long backlog this keeps the buffer to a few days of rows, and each such file
+        is still written once: its windows closed long ago.
+        """
+        assert self.newest_day is not None
+        spec = self.sink.spec
+        settled = self.newest_day - timedelta(days=2)
+        for relpath, rows in list(self.buffer.items()):
+            days = [spec.day(row) for row in rows.values()]
+            if all(d is not None and d <= settled for d in days):
+                write_merged(self.sink.storage, relpath, rows.values(), spec)
+                self.buffered -= len(rows)
+                del self.buffer[relpath]
 
     def flush(self) -> None:
         spec = self.sink.spec

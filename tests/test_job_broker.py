@@ -265,3 +265,13 @@ def test_rescaling_between_runs(broker, tmp_path: Path) -> None:
         run_job(broker.bootstrap, split, tmp_path / "split", tmp_path / "split-state", *extra)
     assert_same_rows(job_rows(tmp_path / "split"), job_rows(tmp_path / "one"))
     assert sum(m["counts"]["messages"] for m in load_manifests(tmp_path / "split")) == len(messages)
+
+
+def test_multi_day_backlog_matches_reference(broker, tmp_path: Path) -> None:
+    """Days that settle during a run are written early; the output is the same."""
+    topic = broker.new_topic(partitions=2)
+    produce(broker.bootstrap, topic, generate(SimConfig(messages=8_000, namespaces=3, hours=96))[0])
+    run_job(broker.bootstrap, topic, tmp_path / "out", tmp_path / "state")
+    expected = reference_rows(read_topic(broker.bootstrap, topic, 2), WINDOW, LATENESS)
+    assert_same_rows(job_rows(tmp_path / "out"), expected)
+    assert len({d.name for d in (tmp_path / "out" / "party_rates").glob("*/*")}) >= 4
