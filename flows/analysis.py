@@ -8,6 +8,7 @@ show. None of them reads the wall clock: the same output gives the same tables.
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -17,10 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
+    OUTCOMES_SCHEMA,
     RATES_PARTITIONING,
     RATES_SCHEMA,
 )
@@ -32,32 +35,87 @@ COUNT_COLUMNS = ("disconnected", "rejoined", "dropped", "rejected")
 TimeLike: TypeAlias = str | date | datetime | pd.Timestamp | np.datetime64
 
 
-def _dataset(path: Path, schema: pa.Schema, partitioning: Any = None) -> pa.Table:
-    if not path.exists():
+def _dataset(
+    path: str | Path,
+    schema: pa.Schema,
+    partitioning: Any = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> pa.Table:
+    if filesystem is None:
+        if not Path(path).exists():
+            return schema.empty_table()
+    elif filesystem.get_file_info(str(path)).type == pafs.FileType.NotFound:
         return schema.empty_table()
-    return ds.dataset(path, schema=schema, format="parquet", partitioning=partitioning).to_table()
+    return ds.dataset(
+        str(path) if filesystem else path,
+        schema=schema,
+        format="parquet",
+        partitioning=partitioning,
+        filesystem=filesystem,
+    ).to_table()
 
 
-def load_party_rates_table(output: str | Path) -> pa.Table:
-    """``party_rates`` as an Arrow table with the contract's schema."""
-    return _dataset(Path(output) / "party_rates", RATES_SCHEMA, RATES_PARTITIONING)
+def _under(output: str | Path, name: str, filesystem: pafs.FileSystem | None) -> str | Path:
+    """``output/name``: a local path, or a path inside ``filesystem`` (``bucket/prefix``)."""
+    if filesystem is None:
+        return Path(output) / name
+    return posixpath.join(str(output).rstrip("/"), name)
 
 
-def load_party_rates(output: str | Path) -> pd.DataFrame:
+def load_party_rates_table(
+    output: str | Path, filesystem: pafs.FileSystem | None = None
+) -> pa.Table:
+    """``party_rates`` as an Arrow table with the contract's schema.
+
+    ``output`` is a local directory, or with ``filesystem`` (a ``pyarrow.fs`` filesystem,
+    e.g. ``S3FileSystem``) a path in it, like ``bucket/prefix`` for ``s3://bucket/prefix``.
+    The other loaders take the same two arguments.
+    """
+    path = _under(output, "party_rates", filesystem)
+    return _dataset(path, RATES_SCHEMA, RATES_PARTITIONING, filesystem)
+
+
+def load_party_rates(output: str | Path, filesystem: pafs.FileSystem | None = None) -> pd.DataFrame:
     """``party_rates`` as a DataFrame sorted by namespace and window_start."""
-    df = load_party_rates_table(output).to_pandas()
+    df = load_party_rates_table(output, filesystem).to_pandas()
     return df.sort_values(["namespace", "window_start"], ignore_index=True)
 
 
-def load_late_events(output: str | Path) -> pd.DataFrame:
-    return _dataset(Path(output) / "late_events", LATE_EVENTS_SCHEMA).to_pandas()
+def load_disconnect_outcomes(
+    output: str | Path, filesystem: pafs.FileSystem | None = None
+) -> pd.DataFrame:
+    """``disconnect_outcomes`` as a DataFrame sorted by namespace and window_start."""
+    path = _under(output, "disconnect_outcomes", filesystem)
+    table = _dataset(path, OUTCOMES_SCHEMA, RATES_PARTITIONING, filesystem)
+    return table.to_pandas().sort_values(["namespace", "window_start"], ignore_index=True)
 
 
-def load_dead_letters(output: str | Path) -> pd.DataFrame:
-    return _dataset(Path(output) / "dead_letters", DEAD_LETTERS_SCHEMA).to_pandas()
+def load_late_events(output: str | Path, filesystem: pafs.FileSystem | None = None) -> pd.DataFrame:
+    path = _under(output, "late_events", filesystem)
+    return _dataset(path, LATE_EVENTS_SCHEMA, filesystem=filesystem).to_pandas()
 
 
-def load_manifests(output: str | Path) -> list[dict[str, Any]]:
+def load_dead_letters(
+    output: str | Path, filesystem: pafs.FileSystem | None = None
+) -> pd.DataFrame:
+    path = _under(output, "dead_letters", filesystem)
+    return _dataset(path, DEAD_LETTERS_SCHEMA, filesystem=filesystem).to_pandas()
+
+
+def load_manifests(
+    output: str | Path, filesystem: pafs.FileSystem | None = None
+) -> list[dict[str, Any]]:
+    if filesystem is not None:
+        selector = pafs.FileSelector(str(_under(output, "_runs", filesystem)), allow_not_found=True)
+        infos = sorted(
+            (i for i in filesystem.get_file_info(selector) if i.path.endswith(".json")),
+            key=lambda i: i.path,
+        )
+        manifests = []
+        for info in infos:
+            with filesystem.open_input_stream(info.path) as f:
+                manifests.append(json.loads(f.read()))
+        return manifests
     runs = Path(output) / "_runs"
     if not runs.exists():
         return []

@@ -27,6 +27,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "state": {"help": "state directory: offsets and open windows between runs"},
     "window": {"help": "window length (default 5m)"},
     "allowed_lateness": {"help": "allowed lateness (default 10m)"},
+    "outcome_horizon": {"help": "how long a disconnect waits for its outcome (default 1h)"},
     "dedup_horizon": {"help": "how long event ids are remembered (default: allowed lateness)"},
     "workers": {"type": int, "help": "worker threads in each process (default 1)"},
     "processes": {"type": int, "help": "local processes of one cluster (default 1)"},

@@ -13,12 +13,17 @@ from flows.windows import NamespaceWindows, Output
 
 class ClockLogic(StatefulBatchLogic[Progress, Any, Any]):
     def __init__(
-        self, window_us: int, lateness_us: int, partitions: list[int], snap: Any | None
+        self,
+        window_us: int,
+        lateness_us: int,
+        horizon_us: int,
+        partitions: list[int],
+        snap: Any | None,
     ) -> None:
         self.clock = (
-            Clock(window_us, lateness_us, partitions)
+            Clock(window_us, lateness_us, partitions, horizon_us)
             if snap is None
-            else Clock.restore(window_us, lateness_us, partitions, snap)
+            else Clock.restore(window_us, lateness_us, partitions, snap, horizon_us)
         )
 
     def on_batch(self, values: list[Progress]) -> tuple[list[Any], bool]:
@@ -32,11 +37,11 @@ class ClockLogic(StatefulBatchLogic[Progress, Any, Any]):
 
 
 class WindowsLogic(StatefulBatchLogic[Any, Output, Any]):
-    def __init__(self, window_us: int, snap: Any | None) -> None:
+    def __init__(self, window_us: int, horizon_us: int, snap: Any | None) -> None:
         self.ns = (
-            NamespaceWindows(window_us)
+            NamespaceWindows(window_us, horizon_us)
             if snap is None
-            else NamespaceWindows.restore(window_us, snap)
+            else NamespaceWindows.restore(window_us, snap, horizon_us)
         )
 
     def on_batch(self, values: list[Any]) -> tuple[list[Output], bool]:

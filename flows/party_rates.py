@@ -17,7 +17,7 @@ from flows.items import BatchResult, FlushTick, Tick
 from flows.logic import ClockLogic, WindowsLogic
 from flows.manifest import ManifestSink
 from flows.settings import Settings
-from flows.sinks import DEAD_LETTERS, LATE_EVENTS, RATES, ParquetSink, route
+from flows.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
 from flows.source import TopicSource
 from flows.storage import Storage
 
@@ -43,7 +43,7 @@ def build_flow(
     partitions = [int(p) for p in source.list_parts()]
     storage = Storage.for_settings(settings)
     flush = settings.flush_seconds if settings.follow else None
-    w, late = settings.window_us, settings.lateness_us
+    w, late, horizon = settings.window_us, settings.lateness_us, settings.outcome_horizon_us
     flow = Dataflow("party_rates")
 
     batches = op.input("kafka", flow, source)
@@ -59,18 +59,23 @@ def build_flow(
 
     ticks = op.map(
         "route_ticks",
-        op.stateful_batch("clock", progress, partial(ClockLogic, w, late, partitions)),
+        op.stateful_batch("clock", progress, partial(ClockLogic, w, late, horizon, partitions)),
         _ticks,
     )
     # (namespace, Tick): windows ending at or before Tick.closed_until are final
 
     outputs = op.stateful_batch(
-        "windows", op.merge("chunks_and_ticks", chunks, ticks), partial(WindowsLogic, w)
+        "windows", op.merge("chunks_and_ticks", chunks, ticks), partial(WindowsLogic, w, horizon)
     )
-    # (namespace, ("row", row) | ("late", row) | ("late_count", n))
+    # (namespace, ("row" | "outcome" | "late", row) | ("late_count", n))
 
     rows = op.filter_map("rows", outputs, lambda kv: kv[1][1] if kv[1][0] == "row" else None)
     # rates row: final rows as windows close, provisional rows at the end of a run
+
+    outcomes = op.filter_map(
+        "outcomes", outputs, lambda kv: kv[1][1] if kv[1][0] == "outcome" else None
+    )
+    # disconnect_outcomes row: a disconnect window's outcomes, final an outcome horizon later
 
     late_rows = op.merge(
         "late_rows",
@@ -98,6 +103,7 @@ def build_flow(
 
     for name, stream, spec, parts in (
         ("party_rates", rows, RATES, 8),
+        ("disconnect_outcomes", outcomes, OUTCOMES, 8),
         ("late_events", late_rows, LATE_EVENTS, 2),
         ("dead_letters", dead, DEAD_LETTERS, 2),
     ):

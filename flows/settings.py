@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     state: str = Field(description="State directory (offsets and open windows)")
     window: str = Field("5m", description="Tumbling window length")
     allowed_lateness: str = Field("10m", description="How far behind an event may arrive")
+    outcome_horizon: str = Field(
+        "1h", description="How long after a disconnect its rejoin or drop is looked for"
+    )
     dedup_horizon: str | None = Field(
         None, description="How long event ids are remembered (default: allowed lateness)"
     )
@@ -72,6 +75,7 @@ class Settings(BaseSettings):
     @field_validator(
         "window",
         "allowed_lateness",
+        "outcome_horizon",
         "snapshot_interval",
         "flush_interval",
         "connect_timeout",
@@ -117,6 +121,10 @@ class Settings(BaseSettings):
     @property
     def lateness_us(self) -> int:
         return parse_duration_us(self.allowed_lateness)
+
+    @property
+    def outcome_horizon_us(self) -> int:
+        return parse_duration_us(self.outcome_horizon)
 
     @property
     def dedup_horizon_us(self) -> int:

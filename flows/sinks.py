@@ -31,6 +31,7 @@ from flows.storage import Storage, hive_segment
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
+    OUTCOMES_FILE_SCHEMA,
     RATES_FILE_SCHEMA,
 )
 
@@ -55,12 +56,15 @@ class DatasetSpec:
     day: Callable[[Row], date | None] = lambda row: None  # the file's day, if it has one
 
 
-def _rates_path(row: Row) -> str:
-    day: date = row["date"]
-    return (
-        f"party_rates/{hive_segment('namespace', row['namespace'])}/"
-        f"date={day.isoformat()}/part-0.parquet"
-    )
+def _hive_path(dataset: str) -> Callable[[Row], str]:
+    def relpath(row: Row) -> str:
+        day: date = row["date"]
+        return (
+            f"{dataset}/{hive_segment('namespace', row['namespace'])}/"
+            f"date={day.isoformat()}/part-0.parquet"
+        )
+
+    return relpath
 
 
 def _log_path(dataset: str) -> Callable[[Row], str]:
@@ -75,7 +79,15 @@ RATES = DatasetSpec(
     "party_rates",
     RATES_FILE_SCHEMA,
     file_key=lambda row: row["window_start"],
-    relpath=_rates_path,
+    relpath=_hive_path("party_rates"),
+    prefer_new=lambda old, new: not (old["is_final"] and not new["is_final"]),
+    day=lambda row: row["date"] if row["is_final"] else None,
+)
+OUTCOMES = DatasetSpec(
+    "disconnect_outcomes",
+    OUTCOMES_FILE_SCHEMA,
+    file_key=lambda row: row["window_start"],
+    relpath=_hive_path("disconnect_outcomes"),
     prefer_new=lambda old, new: not (old["is_final"] and not new["is_final"]),
     day=lambda row: row["date"] if row["is_final"] else None,
 )

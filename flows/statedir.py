@@ -32,6 +32,12 @@ MUST_MATCH = (  # (compared key, what it is, key shown, what to do)
         "allowed_lateness",
         f"windows already final were closed under the old lateness; changing it {FRESH}",
     ),
+    (
+        "outcome_horizon_us",
+        "outcome horizon",
+        "outcome_horizon",
+        f"outcome rows already final used the old horizon; changing it {FRESH}",
+    ),
     ("output", "output", "output", "use the state directory made for this output"),
 )
 
@@ -47,6 +53,8 @@ def state_meta(settings: Settings) -> dict[str, object]:
         "window": settings.window,
         "window_us": settings.window_us,
         "allowed_lateness": settings.allowed_lateness,
+        "outcome_horizon": settings.outcome_horizon,
+        "outcome_horizon_us": settings.outcome_horizon_us,
         "allowed_lateness_us": settings.lateness_us,
         "output": settings.output,
     }

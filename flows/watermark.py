@@ -33,8 +33,11 @@ class _NsTrack:
 class Clock:
     """Global watermark over partitions, and ticks to the namespaces."""
 
-    def __init__(self, window_us: int, lateness_us: int, partitions: list[int]) -> None:
+    def __init__(
+        self, window_us: int, lateness_us: int, partitions: list[int], horizon_us: int = 0
+    ) -> None:
         self.window_us = window_us
+        self.horizon_us = horizon_us  # namespaces need ticks this long past their last window
         self.lateness_us = lateness_us
         self.partitions = list(partitions)
         self.partition_max: dict[int, int] = {}
@@ -94,7 +97,7 @@ class Clock:
             if track.sent is not None and track.sent >= closed:
                 continue
             assert track.max_t_us is not None
-            last_end = track.max_t_us - track.max_t_us % w + w
+            last_end = track.max_t_us - track.max_t_us % w + w + self.horizon_us
             if track.sent is not None and track.sent >= last_end:
                 continue  # every window of this namespace is already closed
             track.sent = closed
@@ -111,9 +114,14 @@ class Clock:
 
     @classmethod
     def restore(
-        cls, window_us: int, lateness_us: int, partitions: list[int], snap: dict[str, Any]
+        cls,
+        window_us: int,
+        lateness_us: int,
+        partitions: list[int],
+        snap: dict[str, Any],
+        horizon_us: int = 0,
     ) -> Clock:
-        self = cls(window_us, lateness_us, partitions)
+        self = cls(window_us, lateness_us, partitions, horizon_us)
         self.partition_max = dict(snap["partition_max"])
         for ns, (required, max_t, sent) in snap["namespaces"].items():
             track = self.namespaces[ns] = _NsTrack()

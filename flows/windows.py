@@ -11,6 +11,7 @@ from typing import Any
 
 from flows.eventtime import US_PER_S, to_datetime
 from flows.items import Chunk, EventRef, Row, Tick
+from flows.outcomes import OutcomeMatcher
 from schemas.events import COUNTED_NAMES, DISCONNECTED, DROPPED, REJECTED, REJOINED
 
 
@@ -84,14 +85,16 @@ class WindowAgg:
 
 
 Output = tuple[str, Any]
-"""("row", rates row) | ("late", late_events row) | ("late_count", n)."""
+"""("row", rates row) | ("outcome", disconnect_outcomes row) | ("late", late_events row)
+| ("late_count", n)."""
 
 
 class NamespaceWindows:
     """One namespace's open windows and watermark bookkeeping."""
 
-    def __init__(self, window_us: int) -> None:
+    def __init__(self, window_us: int, horizon_us: int = 3600 * US_PER_S) -> None:
         self.namespace = ""  # learnt from the first chunk
+        self.outcomes = OutcomeMatcher(window_us, horizon_us)
         self.window_us = window_us
         self.closed_until: int | None = None  # windows ending at or before it are final
         self.seen: dict[int, int] = {}  # partition -> next offset of the latest chunk
@@ -113,6 +116,7 @@ class NamespaceWindows:
             if agg is None:
                 agg = windows[start] = WindowAgg()
             agg.add(ev.kind, ev.user_id, ev.session_id)
+            self.outcomes.add(ev.t_us, ev.kind, ev.id, ev.session_id, ev.user_id)
         if out:
             out.append(("late_count", len(out)))
         if self.seen.get(chunk.partition, -1) < chunk.next_offset:
@@ -137,18 +141,22 @@ class NamespaceWindows:
 
     def _close(self, closed_until: int) -> list[Output]:
         done = sorted(s for s in self.windows if s + self.window_us <= closed_until)
-        return [
+        out: list[Output] = [
             ("row", self.windows.pop(s).to_row(self.namespace, s, self.window_us, True))
             for s in done
         ]
+        self.outcomes.advance(closed_until)
+        out += [("outcome", r) for r in self.outcomes.final_rows(self.namespace, closed_until)]
+        return out
 
     def provisional(self) -> list[Output]:
         """Rows of the windows still open, marked not final (at the end of a run)."""
         out = self._apply_ready()
-        return out + [
+        out += [
             ("row", agg.to_row(self.namespace, s, self.window_us, False))
             for s, agg in sorted(self.windows.items())
         ]
+        return out + [("outcome", r) for r in self.outcomes.provisional_rows(self.namespace)]
 
     def _late_row(self, partition: int, ev: EventRef) -> Row:
         return {
@@ -169,12 +177,16 @@ class NamespaceWindows:
             dict(self.seen),
             list(self.pending),
             {s: a.copy() for s, a in self.windows.items()},
+            self.outcomes.snapshot(),
         )
 
     @classmethod
-    def restore(cls, window_us: int, snap: tuple[Any, ...]) -> NamespaceWindows:
-        self = cls(window_us)
-        self.namespace, closed, seen, pending, windows = snap
+    def restore(
+        cls, window_us: int, snap: tuple[Any, ...], horizon_us: int = 3600 * US_PER_S
+    ) -> NamespaceWindows:
+        self = cls(window_us, horizon_us)
+        self.namespace, closed, seen, pending, windows, outcomes = snap
         self.closed_until, self.seen, self.pending = closed, dict(seen), list(pending)
         self.windows = {s: a.copy() for s, a in windows.items()}
+        self.outcomes.restore(outcomes)
         return self

@@ -96,6 +96,61 @@ DEAD_LETTERS_SCHEMA = pa.schema(
 )
 """``dead_letters/``: messages naming a counted event, or unreadable, that could not be used."""
 
+OUTCOMES_FILE_SCHEMA = pa.schema(
+    [
+        _f("window_start", UTC_US, "Start of the window the disconnects happened in.", False),
+        _f("window_end", UTC_US, "End of the window, exclusive.", False),
+        _f("disconnects", pa.int64(), "PartyDisconnectedEvent in the window (incidents).", False),
+        _f("rejoined", pa.int64(), "Incidents whose next outcome was a PartyRejoinedEvent.", False),
+        _f("dropped", pa.int64(), "Incidents whose next outcome was a PartyDroppedEvent.", False),
+        _f(
+            "unresolved",
+            pa.int64(),
+            "Incidents with no outcome within the outcome horizon (default 1 h).",
+            False,
+        ),
+        _f(
+            "superseded",
+            pa.int64(),
+            "Incidents ended by a second disconnect of the same player before any outcome.",
+            False,
+        ),
+        _f(
+            "orphan_outcomes",
+            pa.int64(),
+            "Rejoins and drops in the window with no open incident (their disconnect was "
+            "before the data kept).",
+            False,
+        ),
+        _f(
+            "cohort_drop_ratio",
+            pa.float64(),
+            "dropped / (rejoined + dropped) of this window's disconnects; null when both are 0.",
+        ),
+        _f(
+            "rejoin_seconds_p50",
+            pa.float64(),
+            "Median seconds from disconnect to rejoin (interpolated); null without rejoins.",
+        ),
+        _f(
+            "rejoin_seconds_p95",
+            pa.float64(),
+            "95th percentile seconds from disconnect to rejoin; null without rejoins.",
+        ),
+        _f(
+            "is_final",
+            pa.bool_(),
+            "True once the watermark passed window_end plus the outcome horizon: every "
+            "disconnect of the window is decided and the row never changes again.",
+            False,
+        ),
+    ]
+)
+"""Columns stored in each ``disconnect_outcomes`` Parquet file."""
+
+OUTCOMES_SCHEMA = pa.schema(list(RATES_PARTITION_SCHEMA) + list(OUTCOMES_FILE_SCHEMA))
+"""What a reader of ``disconnect_outcomes/`` sees (same partitioning as ``party_rates``)."""
+
 RATES_KEY = ("namespace", "window_start")
 LATE_KEY = ("partition", "offset")
 DEAD_KEY = ("partition", "offset")

@@ -9,12 +9,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from flows.analysis import load_party_rates
+from flows.analysis import load_disconnect_outcomes, load_party_rates
 from flows.parsing import Event, classify
 from flows.windows import WindowAgg
+from schemas.events import DISCONNECTED, DROPPED, REJOINED
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "flows.cli"]
@@ -39,39 +41,127 @@ def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, i
     return sorted(out)
 
 
-def reference_rows(
-    messages: list[tuple[int, int, bytes | None]], window_us: int, lateness_us: int
-) -> pd.DataFrame:
-    """What the job must output, computed the simple way: partition by partition."""
+def _on_time_events(
+    messages: list[tuple[int, int, bytes | None]], lateness_us: int
+) -> tuple[list[Event], int]:
+    """Counted events the job keeps (partition by partition), and the final watermark."""
     by_part: dict[int, list[tuple[int, bytes | None]]] = defaultdict(list)
     for p, off, value in messages:
         by_part[p].append((off, value))
-    windows: dict[tuple[str, int], WindowAgg] = defaultdict(WindowAgg)
+    kept: list[Event] = []
     maxima = []
     for _p, msgs in sorted(by_part.items()):
         newest: int | None = None
         seen: set[str] = set()
         for _off, value in sorted(msgs):
             ev = classify(value)
-            if not isinstance(ev, Event):
+            if not isinstance(ev, Event) or ev.id in seen:
                 continue
             if newest is not None and ev.t_us < newest - lateness_us:
                 continue
-            if ev.id in seen:
-                continue
             seen.add(ev.id)
             newest = ev.t_us if newest is None else max(newest, ev.t_us)
-            start = ev.t_us - ev.t_us % window_us
-            windows[(ev.namespace, start)].add(ev.kind, ev.user_id, ev.session_id)
+            kept.append(ev)
         if newest is not None:
             maxima.append(newest)
-    wm = min(maxima) - lateness_us
+    return kept, min(maxima) - lateness_us
+
+
+def reference_rows(
+    messages: list[tuple[int, int, bytes | None]], window_us: int, lateness_us: int
+) -> pd.DataFrame:
+    """What the job must output, computed the simple way: partition by partition."""
+    events, wm = _on_time_events(messages, lateness_us)
+    windows: dict[tuple[str, int], WindowAgg] = defaultdict(WindowAgg)
+    for ev in events:
+        start = ev.t_us - ev.t_us % window_us
+        windows[(ev.namespace, start)].add(ev.kind, ev.user_id, ev.session_id)
     closed = wm - wm % window_us
     rows = [
         agg.to_row(ns, start, window_us, start + window_us <= closed)
         for (ns, start), agg in windows.items()
     ]
     return _normalise(pd.DataFrame(rows))
+
+
+def reference_outcomes(
+    messages: list[tuple[int, int, bytes | None]],
+    window_us: int,
+    lateness_us: int,
+    horizon_us: int = 3_600_000_000,
+) -> pd.DataFrame:
+    """disconnect_outcomes the simple way: each player's events sorted by time, one pass."""
+    events, wm = _on_time_events(messages, lateness_us)
+    closed = wm - wm % window_us
+    aggs: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def agg(ns: str, t: int) -> dict[str, Any]:
+        key = (ns, t - t % window_us)
+        if key not in aggs:
+            aggs[key] = dict.fromkeys(("d", "r", "x", "u", "s", "o"), 0) | {"times": []}
+        return aggs[key]
+
+    players: dict[tuple[str, str, str], list[Event]] = defaultdict(list)
+    for ev in events:
+        if ev.kind in (DISCONNECTED, REJOINED, DROPPED) and ev.session_id and ev.user_id:
+            players[(ev.namespace, ev.session_id, ev.user_id)].append(ev)
+    for (ns, _s, _u), evs in players.items():
+        evs.sort(key=lambda e: (e.t_us, e.kind != DISCONNECTED, e.id))
+        opened: int | None = None
+        for ev in [e for e in evs if e.t_us < closed]:
+            if opened is not None and ev.t_us - opened > horizon_us:
+                agg(ns, opened)["u"] += 1
+                opened = None
+            if ev.kind == DISCONNECTED:
+                agg(ns, ev.t_us)["d"] += 1
+                if opened is not None:
+                    agg(ns, opened)["s"] += 1
+                opened = ev.t_us
+            elif opened is None:
+                agg(ns, ev.t_us)["o"] += 1
+            else:
+                a = agg(ns, opened)
+                if ev.kind == REJOINED:
+                    a["r"] += 1
+                    a["times"].append((ev.t_us - opened) / 1e6)
+                else:
+                    a["x"] += 1
+                opened = None
+        if opened is not None and opened + horizon_us < closed:
+            agg(ns, opened)["u"] += 1
+    rows = []
+    for (ns, start), a in aggs.items():
+        if start + window_us + horizon_us > closed:
+            continue  # compare final rows only
+        decided = a["r"] + a["x"]
+        times = a["times"]
+        rows.append(
+            {
+                "namespace": ns,
+                "window_start": start,
+                "disconnects": a["d"],
+                "rejoined": a["r"],
+                "dropped": a["x"],
+                "unresolved": a["u"],
+                "superseded": a["s"],
+                "orphan_outcomes": a["o"],
+                "cohort_drop_ratio": a["x"] / decided if decided else None,
+                "rejoin_seconds_p50": float(np.percentile(times, 50)) if times else None,
+                "rejoin_seconds_p95": float(np.percentile(times, 95)) if times else None,
+            }
+        )
+    df = pd.DataFrame(rows)
+    df["window_start"] = pd.to_datetime(df["window_start"], unit="us", utc=True)
+    return df.sort_values(["namespace", "window_start"], ignore_index=True)
+
+
+def job_outcomes(output: Path) -> pd.DataFrame:
+    """Final disconnect_outcomes rows in the reference's columns."""
+    df = load_disconnect_outcomes(output)
+    df = df[df["is_final"]].drop(columns=["date", "window_end", "is_final"])
+    df["namespace"] = df["namespace"].astype(str)
+    df["window_start"] = df["window_start"].astype("datetime64[us, UTC]")
+    return df.sort_values(["namespace", "window_start"], ignore_index=True)
 
 
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:

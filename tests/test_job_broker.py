@@ -13,7 +13,15 @@ from confluent_kafka import Producer
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
 from flows.simulator import SimConfig, chunks, envelope, generate, produce
-from tests.helpers import assert_same_rows, job_rows, read_topic, reference_rows, run_job
+from tests.helpers import (
+    assert_same_rows,
+    job_outcomes,
+    job_rows,
+    read_topic,
+    reference_outcomes,
+    reference_rows,
+    run_job,
+)
 
 pytestmark = pytest.mark.broker
 MIN = 60_000_000
@@ -36,6 +44,9 @@ def test_scheduled_run_matches_reference(broker, tmp_path: Path) -> None:
     topic_messages = read_topic(broker.bootstrap, topic, 4)
     expected = reference_rows(topic_messages, WINDOW, LATENESS)
     assert_same_rows(job_rows(tmp_path / "out"), expected)
+    outcomes = job_outcomes(tmp_path / "out")
+    assert len(outcomes) > 0
+    assert_same_rows(outcomes, reference_outcomes(topic_messages, WINDOW, LATENESS))
     (manifest,) = load_manifests(tmp_path / "out")
     assert manifest["status"] == "completed"
     assert manifest["counts"]["messages"] == len(messages)
@@ -64,6 +75,7 @@ def test_split_runs_equal_one_run(broker, tmp_path: Path) -> None:
     whole = job_rows(tmp_path / "one")
     parts = job_rows(tmp_path / "split")
     assert_same_rows(parts, whole)
+    assert_same_rows(job_outcomes(tmp_path / "split"), job_outcomes(tmp_path / "one"))
     assert parts["is_final"].sum() > 0.9 * len(parts)
     manifests = load_manifests(tmp_path / "split")
     assert len(manifests) == 4

@@ -1,0 +1,157 @@
+"""Disconnect outcomes: what became of each disconnect, matched per player in event time.
+
+A ``PartyDisconnectedEvent`` opens an incident for its (namespace, sessionId, userId). The
+next ``PartyRejoinedEvent`` or ``PartyDroppedEvent`` of the same player at or after it, within
+the outcome horizon, resolves it. A second disconnect before any outcome supersedes the open
+incident; an outcome with no open incident is an orphan (its disconnect was before the data
+kept); an incident with no outcome within the horizon is unresolved.
+
+Events are matched only once the watermark has passed them, in event-time order, so the
+result does not depend on the order they arrived in (an outcome read before its own
+disconnect from another partition is matched all the same). A disconnect window's row is
+final once the watermark is past the window's end plus the horizon.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from flows.eventtime import US_PER_S, to_datetime
+from flows.items import Row
+from schemas.events import DISCONNECTED, DROPPED, REJOINED
+
+_RANK = {DISCONNECTED: 0, REJOINED: 1, DROPPED: 1}  # at equal times a disconnect comes first
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The q-th percentile with linear interpolation, as numpy.percentile's default."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+class OutcomeAgg:
+    """Outcomes of the disconnects of one window (and orphans that fell in it)."""
+
+    __slots__ = (
+        "disconnects",
+        "dropped",
+        "orphans",
+        "rejoin_s",
+        "rejoined",
+        "superseded",
+        "unresolved",
+    )
+
+    def __init__(self) -> None:
+        self.disconnects = self.rejoined = self.dropped = 0
+        self.unresolved = self.superseded = self.orphans = 0
+        self.rejoin_s: list[float] = []  # kept sorted
+
+    def to_row(self, namespace: str, start_us: int, window_us: int, is_final: bool) -> Row:
+        decided = self.rejoined + self.dropped
+        start = to_datetime(start_us)
+        return {
+            "namespace": namespace,
+            "date": start.date(),
+            "window_start": start,
+            "window_end": to_datetime(start_us + window_us),
+            "disconnects": self.disconnects,
+            "rejoined": self.rejoined,
+            "dropped": self.dropped,
+            "unresolved": self.unresolved,
+            "superseded": self.superseded,
+            "orphan_outcomes": self.orphans,
+            "cohort_drop_ratio": self.dropped / decided if decided else None,
+            "rejoin_seconds_p50": percentile(self.rejoin_s, 50),
+            "rejoin_seconds_p95": percentile(self.rejoin_s, 95),
+            "is_final": is_final,
+        }
+
+    def copy(self) -> OutcomeAgg:
+        out = OutcomeAgg()
+        out.disconnects, out.rejoined, out.dropped = self.disconnects, self.rejoined, self.dropped
+        out.unresolved, out.superseded, out.orphans = self.unresolved, self.superseded, self.orphans
+        out.rejoin_s = list(self.rejoin_s)
+        return out
+
+
+class OutcomeMatcher:
+    """One namespace's incidents, matched as the watermark passes the events."""
+
+    def __init__(self, window_us: int, horizon_us: int) -> None:
+        self.window_us = window_us
+        self.horizon_us = horizon_us
+        self.pending: list[tuple[int, int, str, tuple[str, str], int]] = []  # not yet matched
+        self.open: dict[tuple[str, str], int] = {}  # player -> disconnect time
+        self.aggs: dict[int, OutcomeAgg] = {}  # window start -> outcomes
+
+    def add(
+        self, t_us: int, kind: int, event_id: str, session: str | None, user: str | None
+    ) -> None:
+        """An on-time event of this namespace (other kinds and anonymous events are ignored)."""
+        if kind in _RANK and session and user:
+            self.pending.append((t_us, _RANK[kind], event_id, (session, user), kind))
+
+    def _agg(self, t_us: int) -> OutcomeAgg:
+        start = t_us - t_us % self.window_us
+        agg = self.aggs.get(start)
+        if agg is None:
+            agg = self.aggs[start] = OutcomeAgg()
+        return agg
+
+    def advance(self, closed_until: int) -> None:
+        """Match every event before ``closed_until`` in event-time order; expire incidents."""
+        ready = [e for e in self.pending if e[0] < closed_until]
+        if ready:
+            self.pending = [e for e in self.pending if e[0] >= closed_until]
+            ready.sort()
+        for t_us, _rank, _id, player, kind in ready:
+            opened = self.open.get(player)
+            if opened is not None and t_us - opened > self.horizon_us:
+                self._agg(opened).unresolved += 1  # its horizon passed before this event
+                del self.open[player]
+                opened = None
+            if kind == DISCONNECTED:
+                self._agg(t_us).disconnects += 1
+                if opened is not None:
+                    self._agg(opened).superseded += 1
+                self.open[player] = t_us
+            elif opened is None:
+                self._agg(t_us).orphans += 1
+            else:
+                agg = self._agg(opened)
+                del self.open[player]
+                if kind == REJOINED:
+                    agg.rejoined += 1
+                    bisect.insort(agg.rejoin_s, (t_us - opened) / US_PER_S)
+                else:
+                    agg.dropped += 1
+        # An incident whose horizon ends before every event still to come is unresolved.
+        for player, opened in list(self.open.items()):
+            if opened + self.horizon_us < closed_until:
+                self._agg(opened).unresolved += 1
+                del self.open[player]
+
+    def final_rows(self, namespace: str, closed_until: int) -> list[Row]:
+        """Rows of the windows whose every disconnect is decided, removed from the state."""
+        w = self.window_us
+        done = sorted(s for s in self.aggs if s + w + self.horizon_us <= closed_until)
+        return [self.aggs.pop(s).to_row(namespace, s, w, True) for s in done]
+
+    def provisional_rows(self, namespace: str) -> list[Row]:
+        return [
+            agg.to_row(namespace, s, self.window_us, False) for s, agg in sorted(self.aggs.items())
+        ]
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return (list(self.pending), dict(self.open), {s: a.copy() for s, a in self.aggs.items()})
+
+    def restore(self, snap: tuple[Any, ...]) -> None:
+        pending, opened, aggs = snap
+        self.pending, self.open = list(pending), dict(opened)
+        self.aggs = {s: a.copy() for s, a in aggs.items()}
