@@ -17,6 +17,7 @@ from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
     LATE_KEY,
+    OUTCOMES_SCHEMA,
     RATES_KEY,
     RATES_PARTITION_SCHEMA,
     RATES_SCHEMA,
@@ -47,12 +48,22 @@ UNITS: dict[str, str] = {
     "value": "bytes",
     "error": "—",
     "seen_at": "instant, UTC, microseconds",
+    "disconnects": "incidents (disconnect events)",
+    "unresolved": "incidents",
+    "superseded": "incidents",
+    "orphan_outcomes": "events",
+    "cohort_drop_ratio": "ratio (drops per decided incident)",
+    "rejoin_seconds_p50": "seconds",
+    "rejoin_seconds_p95": "seconds",
 }
 """Unit of every output column, by column name (a name means the same in every dataset)."""
 
 NULL_RULES: dict[tuple[str, str], str] = {
     ("party_rates", "drop_ratio"): "null when `disconnected` is 0",
     ("party_rates", "rejoin_ratio"): "null when `disconnected` is 0",
+    ("disconnect_outcomes", "cohort_drop_ratio"): "null when `rejoined + dropped` is 0",
+    ("disconnect_outcomes", "rejoin_seconds_p50"): "null when `rejoined` is 0",
+    ("disconnect_outcomes", "rejoin_seconds_p95"): "null when `rejoined` is 0",
     ("late_events", "key"): "null when the message has no key",
     ("late_events", "value"): "nullable in the schema; always set (the event was read from it)",
     ("dead_letters", "key"): "null when the message has no key",
@@ -212,6 +223,20 @@ def render_data_dictionary() -> str:
         column_table("party_rates", RATES_SCHEMA, partition_columns),
         "### Rate definitions",
         RATE_DEFINITIONS.rstrip("\n"),
+        "## `disconnect_outcomes/`",
+        "`disconnect_outcomes/namespace=<ns>/date=<YYYY-MM-DD>/part-0.parquet`, partitioned "
+        "like `party_rates`: one row per (namespace, window of the disconnects). Each "
+        "PartyDisconnectedEvent opens an incident for its (namespace, sessionId, userId); the "
+        "player's next PartyRejoinedEvent or PartyDroppedEvent at or after it, within the "
+        "outcome horizon (`--outcome-horizon`, default 1 h), resolves it. A second disconnect "
+        "before any outcome supersedes the first; an outcome with no open incident is an "
+        "orphan (counted in the window of the outcome); an incident with no outcome within the "
+        "horizon is unresolved. Events are matched in event-time order, so the order they "
+        "arrive in does not matter. `disconnects = rejoined + dropped + unresolved + "
+        "superseded` once a row is final (an outcome horizon after `window_end`). "
+        "`cohort_drop_ratio` is the unbiased counterpart of `party_rates.drop_ratio`: it "
+        "follows this window's own disconnects to their outcome.",
+        column_table("disconnect_outcomes", OUTCOMES_SCHEMA, partition_columns),
         "## `late_events/`",
         "Events of the four counted names that came too late to be counted: more than the "
         "allowed lateness behind the newest event already read from their partition, so their "
