@@ -182,14 +182,15 @@ class ParquetPart(StatefulSinkPartition[Row | FlushTick, Buffer]):
             self.flush()
 
     def flush_settled_days(self) -> None:
-        """Write the files of days two days behind the newest final row, if all final.
+        """Write the files of days before the newest final row's day, if all final.
 
-        Over a long backlog this keeps the buffer to a few days of rows, and each such file
-        is still written once: its windows closed long ago.
+        Over a long backlog this keeps the buffer to about a day of rows. Such a file is
+        written once unless one of its namespace's windows closes after the next day's first
+        one did (then it is written again, with the same rows plus that one).
         """
         assert self.newest_day is not None
         spec = self.sink.spec
-        settled = self.newest_day - timedelta(days=2)
+        settled = self.newest_day - timedelta(days=1)
         for relpath, rows in list(self.buffer.items()):
             days = [spec.day(row) for row in rows.values()]
             if all(d is not None and d <= settled for d in days):
