@@ -66,3 +66,29 @@ def test_broker_lost_mid_run_stops_cleanly_and_the_next_run_redoes_it(
     run_job(bootstrap, "mpv2SessionHistory", out, state)
     assert_same_rows(job_rows(out), job_rows(tmp_path / "clean"))
     assert _log_rows(out) == _log_rows(tmp_path / "clean")
+
+
+def test_a_short_broker_outage_is_ridden_out(proxied_broker, tmp_path: Path) -> None:
+    bootstrap, broker, proxy = proxied_broker
+    broker.create_topic("mpv2SessionHistory")
+    messages, _ = generate(SimConfig(messages=40_000, namespaces=8, hours=6, seed=9))
+    produce(bootstrap, "mpv2SessionHistory", messages, {"batch.num.messages": 200})
+    run_job(bootstrap, "mpv2SessionHistory", tmp_path / "clean", tmp_path / "clean-state")
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    args = ["run", "--brokers", bootstrap, "--output", str(out), "--state", str(state)]
+    args += ["--progress", "off", "--batch-size", "3", "--snapshot-interval", "300ms"]
+    args += ["--broker-timeout", "60s", "--kafka-config", "queued.max.messages.kbytes=256"]
+    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the recovery store the run writes
+    assert proc.poll() is None, "the run finished before the broker could be cut"
+    proxy.stop()
+    time.sleep(2)  # the outage itself
+    proxy.start()
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "retrying" in err
+    assert_same_rows(job_rows(out), job_rows(tmp_path / "clean"))
+    assert _log_rows(out) == _log_rows(tmp_path / "clean")

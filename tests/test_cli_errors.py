@@ -133,3 +133,21 @@ def test_kafka_setting_the_client_rejects(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "fetch.max.bytes" in _one_clear_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("meta", "word"),
+    [
+        ('{"format": 0, "topic": "t"}', "format"),
+        (None, "not made by this version"),
+    ],
+)
+def test_state_from_another_version_is_refused(tmp_path: Path, meta: str | None, word: str) -> None:
+    state = tmp_path / "s"
+    (state / "recovery").mkdir(parents=True)
+    (state / "recovery" / "part-0.sqlite3").write_bytes(b"old")
+    if meta is not None:
+        (state / "party_rates_state.json").write_text(meta)
+    result = run_cli("run", "--output", str(tmp_path / "o"), "--state", str(state))
+    assert result.returncode == 4
+    assert word in _one_clear_line(result.stderr)

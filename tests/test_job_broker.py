@@ -207,12 +207,14 @@ def test_manifest_records_settings_without_secrets(broker, tmp_path: Path) -> No
     assert '"security.protocol": "PLAINTEXT"' in text
 
 
-def test_two_workers_equal_one(broker, tmp_path: Path) -> None:
-    topic = broker.new_topic(partitions=3)
+@pytest.mark.parametrize(("partitions", "workers"), [(3, 2), (1, 3)])
+def test_more_workers_equal_one(broker, tmp_path: Path, partitions: int, workers: int) -> None:
+    """Fewer workers than partitions, and more: the same rows (one namespace is hot)."""
+    topic = broker.new_topic(partitions=partitions)
     messages, _ = generate(SMALL)
     produce(broker.bootstrap, topic, messages)
     run_job(broker.bootstrap, topic, tmp_path / "w1", tmp_path / "s1")
-    run_job(broker.bootstrap, topic, tmp_path / "w2", tmp_path / "s2", "--workers", "2")
+    run_job(broker.bootstrap, topic, tmp_path / "w2", tmp_path / "s2", "--workers", str(workers))
     assert_same_rows(job_rows(tmp_path / "w2"), job_rows(tmp_path / "w1"))
     (m1,), (m2,) = load_manifests(tmp_path / "w1"), load_manifests(tmp_path / "w2")
     assert m1["counts"] == m2["counts"]
