@@ -230,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.analysis import load_party_rates, worst_namespaces
+    from flows.analysis import load_disconnect_outcomes, load_party_rates, worst_namespaces
     from flows.broker import embedded_broker
     from flows.simulator import SimConfig, generate, produce
 
@@ -256,11 +256,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if manifest:
         print(summary(manifest), file=sys.stderr)
     rates = load_party_rates(output)
+    outcomes = load_disconnect_outcomes(output)
     print(f"\nParquet written under {output.resolve()}:")
-    print(f"  party_rates/   {len(rates):,} rows ({int(rates['is_final'].sum()):,} final)")
+    print(f"  party_rates/          {len(rates):,} rows ({int(rates['is_final'].sum()):,} final)")
+    print(
+        f"  disconnect_outcomes/  {len(outcomes):,} rows "
+        f"({int(outcomes['is_final'].sum()):,} final)"
+    )
     print("  late_events/  dead_letters/  _runs/")
+    worst = worst_namespaces(rates)
+    final = outcomes[outcomes["is_final"]]
+    cohort = final.groupby("namespace", observed=True)[["dropped", "rejoined"]].sum()
+    worst["cohort_drop_ratio"] = cohort["dropped"] / (cohort["dropped"] + cohort["rejoined"])
     print("\nWorst namespaces by drop ratio (final windows, at least 20 disconnects):")
-    print(worst_namespaces(rates).to_string(float_format=lambda v: f"{v:.3f}"))
+    print(worst.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"\nFor a report: party-rates report --output {output}")
     return 0
 
 
