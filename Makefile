@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test lint format bench profile clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: lint ## lint, then every test tier (the broker tests start their own broke
 
 bench: $(STAMP) ## throughput and memory against the alternatives; writes bench/RESULTS.md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+profile: $(STAMP) ## one run under cProfile; writes bench/PROFILE.md
+	$(BIN)/python -m bench.profile
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

@@ -318,6 +318,230 @@ def drop_ratio_by_hour(
     return table.astype(float)
 
 
+# --- disconnect outcomes ---------------------------------------------------------------
+
+DEFAULT_OUTCOME_HORIZON = "1h"
+
+_COHORT_COLUMNS = (
+    "disconnected",
+    "dropped",
+    "disconnects",
+    "cohort_rejoined",
+    "cohort_dropped",
+    "unresolved",
+    "superseded",
+)
+
+
+def outcome_horizon(manifests: Iterable[dict[str, Any]]) -> str:
+    """The outcome horizon of the newest run that records one (``1h`` when none does)."""
+    horizon = DEFAULT_OUTCOME_HORIZON
+    for m in sorted(manifests, key=lambda m: str(m.get("started_at") or "")):
+        value = (m.get("settings") or {}).get("outcome_horizon")
+        if value:
+            horizon = str(value)
+    return horizon
+
+
+def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (num / den).where(den > 0).astype(float)
+
+
+def cohort_vs_window(
+    rates: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    namespaces: Sequence[str] | None = None,
+    freq: str | pd.Timedelta | None = "1h",
+    *,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    final_only: bool = True,
+) -> pd.DataFrame:
+    """The window drop ratio beside the cohort drop ratio, per namespace and time bucket.
+
+    One row per (namespace, bucket): from ``party_rates`` the summed ``disconnected`` and
+    ``dropped`` and ``drop_ratio`` = dropped / disconnected (drops *in* the bucket over
+    disconnects *in* it); from ``disconnect_outcomes`` the bucket's own ``disconnects`` and
+    what became of them (``cohort_rejoined``, ``cohort_dropped``, ``unresolved``,
+    ``superseded``) and ``cohort_drop_ratio`` = cohort_dropped / (cohort_rejoined +
+    cohort_dropped). Ratios are NaN where their denominator is 0.
+
+    Buckets are the windows (``freq`` None) or ``freq``-long periods aligned to the UTC
+    epoch, from each namespace's first to last bucket (a gap has zero counts). A window is
+    final when its rows in both datasets are final (a missing row counts as final) and it
+    starts before the end of the last final ``disconnect_outcomes`` window: an outcomes row
+    becomes final only an outcome horizon after its window, so the rates of later windows
+    have no cohort to compare with yet. ``final_only`` (default) keeps only final windows;
+    otherwise every window counts and ``is_final`` tells whether all of a bucket's did.
+    """
+    cols = ["namespace", "bucket", "disconnected", "dropped", "drop_ratio", "disconnects"]
+    cols += ["cohort_rejoined", "cohort_dropped", "unresolved", "superseded"]
+    cols += ["cohort_drop_ratio", "is_final"]
+    key = ["namespace", "window_start"]
+    r = filter_dates(rates, start, end)[[*key, "disconnected", "dropped", "is_final"]]
+    o = filter_dates(outcomes, start, end)[
+        [*key, "disconnects", "rejoined", "dropped", "unresolved", "superseded", "is_final"]
+    ]
+    r = r.assign(namespace=r["namespace"].astype(str))
+    o = o.assign(namespace=o["namespace"].astype(str)).rename(
+        columns={"rejoined": "cohort_rejoined", "dropped": "cohort_dropped"}
+    )
+    if namespaces is not None:
+        r = r[r["namespace"].isin(list(namespaces))]
+        o = o[o["namespace"].isin(list(namespaces))]
+    final_outcomes = outcomes.loc[outcomes["is_final"].astype(bool), "window_end"]
+    cutoff = final_outcomes.max() if len(final_outcomes) else None
+    merged = r.merge(o, on=key, how="outer", suffixes=("_rates", "_outcomes"))
+    if merged.empty:
+        return pd.DataFrame(columns=cols)
+    final = merged["is_final_rates"].fillna(True).astype(bool)
+    final &= merged["is_final_outcomes"].fillna(True).astype(bool)
+    if cutoff is None:  # no outcomes row is final yet: nothing to compare with
+        final &= False
+    else:
+        final &= merged["window_start"] < cutoff
+    merged["is_final"] = final
+    if final_only:
+        merged = merged[merged["is_final"]]
+        if merged.empty:
+            return pd.DataFrame(columns=cols)
+    for col in _COHORT_COLUMNS:
+        merged[col] = merged[col].fillna(0).astype("int64")
+    step = window_length(rates if len(rates) else outcomes)
+    if freq is not None:
+        if pd.Timedelta(freq) < step:
+            raise ValueError(f"freq {freq!r} is shorter than the windows ({step})")
+        step = pd.Timedelta(freq)
+    epoch = pd.Timestamp(0, tz="UTC")
+    merged["bucket"] = epoch + ((merged["window_start"] - epoch) // step) * step
+    agg = merged.groupby(["namespace", "bucket"])[[*_COHORT_COLUMNS, "is_final"]].agg(
+        {**{c: "sum" for c in _COHORT_COLUMNS}, "is_final": "all"}
+    )
+    parts = []
+    for ns, group in agg.groupby(level="namespace", sort=True):
+        group = group.droplevel("namespace")
+        full = pd.date_range(group.index.min(), group.index.max(), freq=step, name="bucket")
+        group = group.reindex(full)
+        gap = group["is_final"].isna()  # no row: final when before the cutoff
+        group.loc[gap, "is_final"] = False if cutoff is None else group.index[gap] < cutoff
+        group["is_final"] = group["is_final"].astype(bool)
+        for col in _COHORT_COLUMNS:
+            group[col] = group[col].fillna(0).astype("int64")
+        parts.append(group.reset_index().assign(namespace=ns))
+    out = pd.concat(parts, ignore_index=True)
+    out["drop_ratio"] = _ratio(out["dropped"], out["disconnected"])
+    decided = out["cohort_rejoined"] + out["cohort_dropped"]
+    out["cohort_drop_ratio"] = _ratio(out["cohort_dropped"], decided)
+    return out[cols]
+
+
+def cohort_summary(
+    rates: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    min_disconnects: int = 20,
+    *,
+    final_only: bool = True,
+    z: float = Z_95,
+) -> pd.DataFrame:
+    """Per namespace over ``[start, end)``: the window and the cohort drop ratio side by side.
+
+    The sums of :func:`cohort_vs_window` over the range (same windows on both sides), for
+    namespaces with at least ``min_disconnects`` disconnects in ``disconnect_outcomes``:
+    ``namespace``, ``windows`` (those with a disconnect), the counts, ``drop_ratio``,
+    ``cohort_drop_ratio`` with its Wilson interval (``cohort_ci_low``/``cohort_ci_high``) and
+    ``difference`` (cohort minus window). Sorted from the highest cohort drop ratio down,
+    ties by volume then name.
+    """
+    cols = ["namespace", "windows", *_COHORT_COLUMNS, "drop_ratio", "cohort_drop_ratio"]
+    cols += ["cohort_ci_low", "cohort_ci_high", "difference"]
+    per_window = cohort_vs_window(
+        rates, outcomes, freq=None, start=start, end=end, final_only=final_only
+    )
+    if per_window.empty:
+        return pd.DataFrame(columns=cols)
+    active = (per_window["disconnected"] > 0) | (per_window["disconnects"] > 0)
+    agg = (
+        per_window.assign(active=active)
+        .groupby("namespace")
+        .agg(windows=("active", "sum"), **{c: (c, "sum") for c in _COHORT_COLUMNS})
+    )
+    agg = agg[agg["disconnects"] >= max(min_disconnects, 1)].reset_index()
+    agg["drop_ratio"] = _ratio(agg["dropped"], agg["disconnected"])
+    decided = agg["cohort_rejoined"] + agg["cohort_dropped"]
+    agg["cohort_drop_ratio"] = _ratio(agg["cohort_dropped"], decided)
+    low, high = wilson_interval(agg["cohort_dropped"], decided, z)
+    agg["cohort_ci_low"], agg["cohort_ci_high"] = low, high
+    agg["difference"] = agg["cohort_drop_ratio"] - agg["drop_ratio"]
+    agg = agg.sort_values(
+        ["cohort_drop_ratio", "disconnects", "namespace"], ascending=[False, False, True]
+    )
+    return agg.reset_index(drop=True)[cols]
+
+
+def rejoin_time_windows(
+    outcomes: pd.DataFrame,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    *,
+    min_rejoined: int = 1,
+    final_only: bool = True,
+) -> pd.DataFrame:
+    """The ``disconnect_outcomes`` rows that carry rejoin times: ``namespace`` (as str),
+    ``window_start``, ``rejoined``, ``rejoin_seconds_p50``, ``rejoin_seconds_p95``.
+
+    Rows with at least ``min_rejoined`` rejoins (a window's percentiles of one or two
+    rejoins are mostly noise), final ones only unless ``final_only`` is False.
+    """
+    cols = ["namespace", "window_start", "rejoined", "rejoin_seconds_p50", "rejoin_seconds_p95"]
+    df = filter_dates(outcomes, start, end)
+    if final_only:
+        df = df[df["is_final"].astype(bool)]
+    df = df[(df["rejoined"] >= max(min_rejoined, 1)) & df["rejoin_seconds_p50"].notna()]
+    df = df.assign(namespace=df["namespace"].astype(str))[cols]
+    return df.sort_values(["namespace", "window_start"], ignore_index=True)
+
+
+def rejoin_time_summary(
+    outcomes: pd.DataFrame,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    *,
+    min_rejoined: int = 1,
+    final_only: bool = True,
+) -> pd.DataFrame:
+    """Per namespace, the distribution over windows of the windows' rejoin-time percentiles.
+
+    Each window of :func:`rejoin_time_windows` is one value, whatever its number of rejoins
+    (unweighted): ``windows``, ``rejoined`` (summed), the quartiles of the per-window median
+    (``p50_q25``, ``p50_median``, ``p50_q75``) and the median and maximum of the per-window
+    95th percentile (``p95_median``, ``p95_max``), in seconds. Slowest median first.
+    """
+    cols = ["namespace", "windows", "rejoined", "p50_q25", "p50_median", "p50_q75"]
+    cols += ["p95_median", "p95_max"]
+    df = rejoin_time_windows(outcomes, start, end, min_rejoined=min_rejoined, final_only=final_only)
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    grouped = df.groupby("namespace")
+    p50 = grouped["rejoin_seconds_p50"]
+    p95 = grouped["rejoin_seconds_p95"]
+    table = pd.DataFrame(
+        {
+            "windows": grouped.size(),
+            "rejoined": grouped["rejoined"].sum(),
+            "p50_q25": p50.quantile(0.25),
+            "p50_median": p50.median(),
+            "p50_q75": p50.quantile(0.75),
+            "p95_median": p95.median(),
+            "p95_max": p95.max(),
+        }
+    ).reset_index()
+    table = table.sort_values(["p50_median", "namespace"], ascending=[False, True])
+    return table.reset_index(drop=True)[cols]
+
+
 # --- data health -------------------------------------------------------------------------
 
 

@@ -19,10 +19,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from flows.analysis import (
+    cohort_summary,
+    cohort_vs_window,
     drop_ratio_by_hour,
     late_events_over_time,
     namespace_series,
     rank_namespaces,
+    rejoin_time_summary,
+    rejoin_time_windows,
     runs_frame,
 )
 
@@ -304,4 +308,221 @@ def plot_data_health(
         loc="left",
         fontsize=11,
     )
+    return fig
+
+
+WINDOW_RATIO = "window drop_ratio (drops in the bucket / its disconnects)"
+COHORT_RATIO = "cohort drop ratio (the bucket's disconnects that ended dropped)"
+_WINDOW_COLOR = "#7f7f7f"
+_COHORT_COLOR = "#d62728"
+
+
+def plot_cohort_vs_window(
+    rates: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    namespaces: Sequence[str] | None = None,
+    freq: str | None = "1h",
+    *,
+    top: int = 4,
+    min_disconnects: int = 20,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """The window drop ratio beside the cohort drop ratio, final windows only.
+
+    Left, one panel per namespace (``namespaces``; default the ``top`` with the highest
+    cohort drop ratio among those with ``min_disconnects``, else the busiest): both ratios
+    over time per ``freq`` bucket (:func:`cohort_vs_window`), the window ratio grey, the
+    cohort ratio red. Right, every namespace with at least ``min_disconnects`` disconnects:
+    its window ratio (x) against its cohort ratio (y) over the whole range, the cohort
+    ratio's 95% Wilson interval as error bar, marker area by disconnects; on the diagonal
+    the two agree.
+    """
+    summary = cohort_summary(rates, outcomes, min_disconnects=min_disconnects)
+    if namespaces is None:
+        namespaces = list(summary["namespace"].head(top))
+        if not namespaces:  # every namespace below min_disconnects: the busiest
+            fallback = cohort_summary(rates, outcomes, min_disconnects=1)
+            fallback = fallback.sort_values(["disconnects", "namespace"], ascending=[False, True])
+            namespaces = list(fallback["namespace"].head(top))
+    namespaces = list(namespaces)
+    rows = max(len(namespaces), 1)
+    fig = Figure(figsize=figsize or (11, 1.2 + 1.7 * max(rows, 2)), layout="constrained")
+    grid = fig.add_gridspec(rows, 2, width_ratios=[2.0, 1.0])
+    first = fig.add_subplot(grid[0, 0])
+    lines = [first]
+    for i in range(1, rows):
+        lines.append(fig.add_subplot(grid[i, 0], sharex=first, sharey=first))
+    ax_scatter = fig.add_subplot(grid[:, 1])
+    bucket = "window" if freq is None else freq
+    if not namespaces:
+        _empty(first, "no final disconnect_outcomes rows")
+    else:
+        series = cohort_vs_window(rates, outcomes, namespaces, freq)
+        for ax, ns in zip(lines, namespaces, strict=True):
+            rows_ns = series[series["namespace"] == ns]
+            marker = "o" if len(rows_ns) <= 60 else None
+            ax.plot(
+                rows_ns["bucket"],
+                rows_ns["drop_ratio"],
+                color=_WINDOW_COLOR,
+                marker=marker,
+                markersize=3.5,
+                linewidth=1.4,
+                label=WINDOW_RATIO,
+            )
+            ax.plot(
+                rows_ns["bucket"],
+                rows_ns["cohort_drop_ratio"],
+                color=_COHORT_COLOR,
+                marker=marker,
+                markersize=3.5,
+                linewidth=1.6,
+                label=COHORT_RATIO,
+            )
+            ax.set_title(str(ns), loc="left", fontsize=9)
+            ax.set_ylabel("drop ratio", fontsize=8)
+            ax.grid(True, alpha=0.3)
+        for ax in lines[:-1]:
+            ax.tick_params(labelbottom=False)
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+        lines[-1].xaxis.set_major_locator(locator)
+        lines[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz="UTC"))
+        lines[-1].set_xlabel(f"window start (UTC), per {bucket}")
+        first.set_ylim(bottom=0)
+        fig.legend(
+            *first.get_legend_handles_labels(),
+            loc="outside lower center",
+            ncol=2,
+            fontsize=9,
+            frameon=False,
+        )
+    if summary.empty:
+        _empty(ax_scatter, "no namespace with enough disconnects")
+    else:
+        x = summary["drop_ratio"].to_numpy(dtype=float)
+        y = summary["cohort_drop_ratio"].to_numpy(dtype=float)
+        err = np.vstack(
+            [
+                np.clip(y - summary["cohort_ci_low"].to_numpy(dtype=float), 0, None),
+                np.clip(summary["cohort_ci_high"].to_numpy(dtype=float) - y, 0, None),
+            ]
+        )
+        volume = summary["disconnects"].to_numpy(dtype=float)
+        sizes = 15 + 185 * volume / max(float(volume.max()), 1.0)
+        ax_scatter.errorbar(x, y, yerr=err, fmt="none", ecolor="0.6", elinewidth=0.8)
+        ax_scatter.scatter(x, y, s=sizes, color=_COHORT_COLOR, alpha=0.6, edgecolor="0.2")
+        label = set(namespaces) if len(summary) > 15 else set(summary["namespace"])
+        for xi, yi, ns in zip(x, y, summary["namespace"], strict=True):
+            if ns in label:
+                ax_scatter.annotate(
+                    str(ns), (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7
+                )
+        high = float(np.nanmax(np.concatenate([x, y, summary["cohort_ci_high"]])))
+        high = max(high * 1.1, 0.05)
+        ax_scatter.plot([0, high], [0, high], color="0.5", linestyle=":", linewidth=1)
+        ax_scatter.set_xlim(0, high)
+        ax_scatter.set_ylim(0, high)
+        ax_scatter.set_xlabel("window drop_ratio (dropped / disconnected)")
+        ax_scatter.set_ylabel("cohort drop ratio, 95% interval")
+        ax_scatter.grid(True, alpha=0.3)
+    ax_scatter.set_title(
+        f"Whole range (namespaces ≥ {min_disconnects} disconnects)", loc="left", fontsize=9
+    )
+    fig.suptitle(
+        f"Window vs cohort drop ratio (final windows, per {bucket})",
+        x=0.01,
+        horizontalalignment="left",
+        fontsize=11,
+    )
+    return fig
+
+
+def plot_rejoin_times(
+    outcomes: pd.DataFrame,
+    namespaces: Sequence[str] | None = None,
+    *,
+    top: int = 12,
+    min_rejoined: int = 1,
+    log: bool = False,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Per namespace, the distribution over final windows of the windows' rejoin times.
+
+    Two horizontal boxes per namespace: the windows' median (``rejoin_seconds_p50``, blue)
+    and 95th percentile (``rejoin_seconds_p95``, orange) seconds from disconnect to rejoin.
+    Each window with at least ``min_rejoined`` rejoins is one value, unweighted by its
+    number of rejoins. Boxes are the quartiles with the median line, whiskers the 5th and
+    95th percentiles over the windows, dots the windows beyond. ``namespaces`` defaults to
+    the ``top`` with the most rejoins; they are shown slowest median first.
+    """
+    windows = rejoin_time_windows(outcomes, min_rejoined=min_rejoined)
+    summary = rejoin_time_summary(outcomes, min_rejoined=min_rejoined)
+    if namespaces is None:
+        busiest = summary.sort_values(["rejoined", "namespace"], ascending=[False, True])
+        chosen = set(busiest["namespace"].head(top))
+        namespaces = [ns for ns in summary["namespace"] if ns in chosen]
+    namespaces = [str(ns) for ns in namespaces]
+    fig = Figure(figsize=figsize or (11, 1.8 + 0.5 * max(len(namespaces), 1)), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(
+        "Rejoin time per namespace: distribution over final windows (one value per window)",
+        loc="left",
+        fontsize=11,
+    )
+    if not namespaces or windows.empty:
+        _empty(ax, "no final disconnect_outcomes rows with rejoins")
+        return fig
+    y = np.arange(len(namespaces), dtype=float)
+    boxes = []
+    for column, offset, color in (
+        ("rejoin_seconds_p50", -0.18, "#1f77b4"),
+        ("rejoin_seconds_p95", 0.18, "#ff7f0e"),
+    ):
+        data = [
+            windows.loc[windows["namespace"] == ns, column].dropna().to_numpy(dtype=float)
+            for ns in namespaces
+        ]
+        parts = ax.boxplot(
+            data,
+            positions=y + offset,
+            orientation="horizontal",
+            widths=0.32,
+            whis=(5, 95),
+            patch_artist=True,
+            manage_ticks=False,
+            medianprops={"color": "0.1"},
+            flierprops={"marker": ".", "markersize": 3, "alpha": 0.5},
+        )
+        for box in parts["boxes"]:
+            box.set_facecolor(color)
+            box.set_alpha(0.7)
+        boxes.append(parts["boxes"][0])
+    counts = windows.groupby("namespace")["rejoined"].agg(["size", "sum"])
+    labels = [
+        f"{ns}\n{int(counts.loc[ns, 'size']):,} windows, {int(counts.loc[ns, 'sum']):,} rejoins"
+        if ns in counts.index
+        else ns
+        for ns in namespaces
+    ]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+    else:
+        ax.set_xlim(left=0)
+    min_note = "" if min_rejoined <= 1 else f" with ≥ {min_rejoined} rejoins"
+    ax.set_xlabel(
+        "seconds from disconnect to rejoin: each window's median (p50) and 95th percentile "
+        f"(p95)\none value per final window{min_note}, unweighted by its rejoins; "
+        "box: quartiles, whiskers: 5th-95th percentile of the windows"
+    )
+    fig.legend(
+        boxes,
+        ["per-window p50 (rejoin_seconds_p50)", "per-window p95 (rejoin_seconds_p95)"],
+        fontsize=8,
+        loc="outside upper right",
+        ncol=2,
+        frameon=False,
+    )
+    ax.grid(True, axis="x", alpha=0.3)
     return fig

@@ -1,8 +1,10 @@
 """A static HTML report of an output directory: one file, the plots embedded as PNG.
 
 ``party-rates report --output DIR`` calls :func:`render_report`. The page holds the
-headline numbers, the worst namespaces, the rates over time, the hour-of-day heatmap and
-the data health (late events, dead letters, runs); it needs no server and no other file.
+headline numbers, the worst namespaces, the rates over time, the hour-of-day heatmap, the
+cohort drop ratio beside the window drop ratio and the rejoin times (from
+``disconnect_outcomes/``, when the output has it) and the data health (late events, dead
+letters, runs); it needs no server and no other file.
 """
 
 from __future__ import annotations
@@ -82,6 +84,105 @@ def _ranked_table(ranked: pd.DataFrame) -> str:
     )
 
 
+def _cohort_table(summary: pd.DataFrame) -> str:
+    table = summary.head(TOP_RANKED).copy()
+    table["95% interval"] = [
+        f"{lo:.3f} to {hi:.3f}"
+        for lo, hi in zip(table["cohort_ci_low"], table["cohort_ci_high"], strict=True)
+    ]
+    table = table.rename(
+        columns={
+            "drop_ratio": "window drop_ratio",
+            "cohort_drop_ratio": "cohort drop ratio",
+            "cohort_dropped": "dropped (cohort)",
+            "cohort_rejoined": "rejoined (cohort)",
+        }
+    )
+    columns = ["namespace", "cohort drop ratio", "95% interval", "window drop_ratio"]
+    columns += ["difference", "disconnects", "dropped (cohort)", "rejoined (cohort)"]
+    columns += ["unresolved", "superseded"]
+    ratio = "{:.3f}".format
+    count = "{:,}".format
+    return _table(
+        table[columns],
+        {
+            "cohort drop ratio": ratio,
+            "window drop_ratio": ratio,
+            "difference": "{:+.3f}".format,
+            "disconnects": count,
+            "dropped (cohort)": count,
+            "rejoined (cohort)": count,
+            "unresolved": count,
+            "superseded": count,
+        },
+    )
+
+
+def _rejoin_table(summary: pd.DataFrame) -> str:
+    seconds = "{:.1f}".format
+    return _table(
+        summary.head(TOP_RANKED),
+        {
+            "windows": "{:,}".format,
+            "rejoined": "{:,}".format,
+            **{c: seconds for c in ("p50_q25", "p50_median", "p50_q75", "p95_median", "p95_max")},
+        },
+    )
+
+
+def _outcomes_sections(
+    rates: pd.DataFrame, outcomes: pd.DataFrame, manifests: list[dict[str, Any]]
+) -> list[str]:
+    """The cohort drop ratio and rejoin-time sections, or a note when there is no data."""
+    heading = "<h2>Cohort drop ratio</h2>"
+    if outcomes.empty:
+        return [
+            heading,
+            '<p class="muted">This output has no <code>disconnect_outcomes/</code> rows (it was '
+            "written before the dataset existed, or no disconnect has been read yet): the "
+            "cohort drop ratio and the rejoin times are not shown.</p>",
+        ]
+    horizon = analysis.outcome_horizon(manifests)
+    summary = analysis.cohort_summary(rates, outcomes)
+    rejoins = analysis.rejoin_time_summary(outcomes)
+    final = int(outcomes["is_final"].sum())
+    return [
+        heading,
+        '<div class="note"><p><b>Window vs cohort.</b> The window <code>drop_ratio</code> '
+        "divides the drops <i>in</i> a window by the disconnects <i>in</i> it. A drop arrives "
+        "an inactive timeout after its disconnect, so at window edges it is counted in a later "
+        "window than its disconnect: the window ratio is biased window by window. The "
+        "<b>cohort drop ratio</b> (<code>disconnect_outcomes/</code>) follows each window's "
+        "own disconnects to their outcome, the player's next rejoin or drop: dropped ÷ "
+        "(rejoined + dropped) of those disconnects. A disconnect with no outcome within the "
+        f"outcome horizon ({html.escape(horizon)}) is unresolved, and a row is final only an "
+        "outcome horizon after its window, so the comparison covers the windows that are "
+        f"final in both datasets ({final:,} of {len(outcomes):,} outcome rows are final). "
+        "Summed over many windows the two agree; where they differ, the cohort ratio is the one "
+        "that describes what became of the disconnects.</p></div>",
+        "<p>Left: both ratios hourly for the namespaces with the highest cohort drop ratio "
+        "(among those with at least 20 disconnects). Right: per namespace over "
+        "the whole range, window ratio against cohort ratio with the cohort ratio's 95% Wilson "
+        "interval; on the dotted diagonal they agree.</p>",
+        _img(
+            plots.plot_cohort_vs_window(rates, outcomes, top=TOP_SERIES - 1),
+            "window drop ratio and cohort drop ratio",
+        ),
+        _cohort_table(summary),
+        "<h2>Rejoin times</h2>",
+        "<p>Seconds from a disconnect to the player's rejoin. Each final window of "
+        "<code>disconnect_outcomes/</code> with rejoins carries the median "
+        "(<code>rejoin_seconds_p50</code>) and 95th percentile (<code>rejoin_seconds_p95</code>) "
+        "of its rejoins; the boxes show how those per-window values spread over the windows of "
+        "each namespace, one value per window, not weighted by its number of rejoins (box: "
+        "quartiles, whiskers: 5th to 95th percentile). The table: quartiles of the per-window "
+        "medians, and the median and maximum of the per-window 95th percentiles, slowest "
+        "first.</p>",
+        _img(plots.plot_rejoin_times(outcomes), "rejoin time distribution per namespace"),
+        _rejoin_table(rejoins),
+    ]
+
+
 def _overview(rates: pd.DataFrame, runs: pd.DataFrame) -> str:
     o = analysis.overview(rates)
     items = [
@@ -109,6 +210,7 @@ def render_report(output: Path, dest: Path) -> None:
     matplotlib.use("Agg")
     output, dest = Path(output), Path(dest)
     rates = analysis.load_party_rates(output)
+    outcomes = analysis.load_disconnect_outcomes(output)
     late = analysis.load_late_events(output)
     dead = analysis.load_dead_letters(output)
     manifests = analysis.load_manifests(output)
@@ -148,6 +250,7 @@ def render_report(output: Path, dest: Path) -> None:
         "<h2>By hour of day</h2>",
         "<p>Drop ratio by UTC hour of day for the busiest namespaces (final windows).</p>",
         _img(plots.plot_hour_heatmap(rates), "drop ratio by hour of day and namespace"),
+        *_outcomes_sections(rates, outcomes, manifests),
         "<h2>Data health</h2>",
         "<p>Late events are events of the four counted kinds that arrived more than the allowed "
         "lateness behind their partition; they are in <code>late_events/</code>, not in the rates. "

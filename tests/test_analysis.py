@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from matplotlib.image import AxesImage
-from matplotlib.patches import Rectangle
+from matplotlib.patches import PathPatch, Rectangle
 
 from flows import analysis, plots
 from flows.dictionary import MANIFEST_FIELDS, UNITS, render_data_dictionary
@@ -24,6 +24,7 @@ from flows.report import render_report, save_main_plot
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
+    OUTCOMES_SCHEMA,
     RATES_PARTITIONING,
     RATES_SCHEMA,
 )
@@ -208,6 +209,186 @@ def test_drop_ratio_by_hour() -> None:
     assert math.isnan(table.loc["b", 2])
 
 
+# --- disconnect outcomes ---------------------------------------------------------------
+
+
+def outcomes_frame(rows: list[tuple]) -> pd.DataFrame:
+    """``disconnect_outcomes`` rows from (namespace, minutes after T0, disconnects,
+    rejoined, dropped, is_final[, unresolved[, p50, p95]]), as the loader returns them."""
+    out = []
+    for ns, minute, disc, rejoin, drop, final, *rest in rows:
+        start = T0 + pd.Timedelta(minutes=minute)
+        unresolved = rest[0] if rest else 0
+        p50, p95 = (rest[1], rest[2]) if len(rest) > 1 else (None, None)
+        if p50 is None and rejoin and len(rest) <= 1:
+            p50, p95 = 10.0, 20.0
+        out.append(
+            {
+                "namespace": ns,
+                "date": start.date(),
+                "window_start": start,
+                "window_end": start + FIVE,
+                "disconnects": disc,
+                "rejoined": rejoin,
+                "dropped": drop,
+                "unresolved": unresolved,
+                "superseded": disc - rejoin - drop - unresolved if final else 0,
+                "orphan_outcomes": 0,
+                "cohort_drop_ratio": drop / (rejoin + drop) if rejoin + drop else None,
+                "rejoin_seconds_p50": p50,
+                "rejoin_seconds_p95": p95,
+                "is_final": final,
+            }
+        )
+    table = pa.Table.from_pylist(out, schema=OUTCOMES_SCHEMA)
+    return table.to_pandas().sort_values(["namespace", "window_start"], ignore_index=True)
+
+
+def biased_pair() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Window drop ratios 0.1, 0.5, 0.2 where the windows' own disconnects ended 0.3, 0.4,
+    1/9 dropped; outcomes final up to 00:15 (the rates one window further)."""
+    rates = rates_frame(
+        [
+            ("a", 0, 10, 1, 9, True),
+            ("a", 5, 10, 5, 5, True),
+            ("a", 10, 10, 2, 8, True),
+            ("a", 15, 4, 0, 4, True),  # final, but its cohort is not decided yet
+            ("a", 20, 2, 0, 0, False),
+            ("b", 0, 6, 3, 3, True),
+            ("b", 10, 4, 1, 3, True),  # 00:05 missing: no event at all
+        ]
+    )
+    outcomes = outcomes_frame(
+        [
+            ("a", 0, 10, 7, 3, True),
+            ("a", 5, 10, 6, 4, True),
+            ("a", 10, 10, 8, 1, True, 1),
+            ("a", 15, 4, 1, 0, False),
+            ("b", 0, 6, 3, 3, True),
+            ("b", 10, 4, 3, 1, True),
+        ]
+    )
+    return rates, outcomes
+
+
+def test_cohort_vs_window_per_window_and_final_only() -> None:
+    rates, outcomes = biased_pair()
+    table = analysis.cohort_vs_window(rates, outcomes, ["a"], freq=None)
+    assert list(table["bucket"]) == [T0, T0 + FIVE, T0 + 2 * FIVE]  # cut where outcomes end
+    assert list(table["drop_ratio"]) == pytest.approx([0.1, 0.5, 0.2])
+    assert list(table["cohort_drop_ratio"]) == pytest.approx([0.3, 0.4, 1 / 9])
+    assert list(table["disconnected"]) == list(table["disconnects"]) == [10, 10, 10]
+    assert list(table["unresolved"]) == [0, 0, 1]
+    assert table["is_final"].all()
+
+    hourly = analysis.cohort_vs_window(rates, outcomes, ["a"], freq="1h").iloc[0]
+    assert (hourly["disconnected"], hourly["dropped"]) == (30, 8)
+    assert (hourly["cohort_dropped"], hourly["cohort_rejoined"]) == (8, 21)
+    assert hourly["drop_ratio"] == pytest.approx(8 / 30)
+    assert hourly["cohort_drop_ratio"] == pytest.approx(8 / 29)
+
+    everything = analysis.cohort_vs_window(rates, outcomes, ["a"], freq=None, final_only=False)
+    assert list(everything["is_final"]) == [True, True, True, False, False]
+    last = everything.iloc[-1]  # no outcomes row: no disconnect of its own decided
+    assert last["disconnects"] == 0 and math.isnan(last["cohort_drop_ratio"])
+    assert last["disconnected"] == 2 and last["drop_ratio"] == 0
+    assert not analysis.cohort_vs_window(rates, outcomes, ["a"], final_only=False)["is_final"].all()
+
+
+def test_cohort_vs_window_gaps_ranges_and_empty_outcomes() -> None:
+    rates, outcomes = biased_pair()
+    b = analysis.cohort_vs_window(rates, outcomes, ["b"], freq=None)
+    assert list(b["bucket"]) == [T0, T0 + FIVE, T0 + 2 * FIVE]
+    gap = b.iloc[1]
+    assert gap["disconnected"] == gap["disconnects"] == 0 and gap["is_final"]
+    assert math.isnan(gap["drop_ratio"]) and math.isnan(gap["cohort_drop_ratio"])
+    assert list(b["cohort_drop_ratio"].dropna()) == pytest.approx([0.5, 0.25])
+    # A gap is final when it is before the end of the last final outcomes window.
+    late = rates_frame([("c", 5, 1, 0, 1, True), ("c", 20, 1, 0, 1, True)])
+    c = analysis.cohort_vs_window(
+        pd.concat([rates, late], ignore_index=True), outcomes, ["c"], None, final_only=False
+    )
+    assert list(c["bucket"]) == [T0 + i * FIVE for i in range(1, 5)]
+    assert list(c["is_final"]) == [True, True, False, False]
+
+    both = analysis.cohort_vs_window(rates, outcomes, freq=None)
+    assert list(both["namespace"].unique()) == ["a", "b"]
+    assert both["namespace"].map(type).eq(str).all()
+    later = analysis.cohort_vs_window(rates, outcomes, freq=None, start="2026-11-27T00:05")
+    assert later["bucket"].min() == T0 + FIVE
+    with pytest.raises(ValueError, match="shorter"):
+        analysis.cohort_vs_window(rates, outcomes, freq="1min")
+
+    none = outcomes.head(0)  # an output written before disconnect_outcomes existed
+    for final_only in (True, False):
+        empty = analysis.cohort_vs_window(rates, none, final_only=final_only)
+        if final_only:
+            assert empty.empty
+        else:  # nothing is final without outcomes
+            assert len(empty) and not empty["is_final"].any()
+            assert empty["cohort_drop_ratio"].isna().all()
+    assert "cohort_drop_ratio" in analysis.cohort_vs_window(rates, none).columns
+    assert analysis.cohort_summary(rates, none).empty
+    assert analysis.cohort_vs_window(rates.head(0), outcomes.head(0)).empty
+
+
+def test_cohort_summary_sums_the_same_windows() -> None:
+    rates, outcomes = biased_pair()
+    summary = analysis.cohort_summary(rates, outcomes, min_disconnects=1)
+    assert list(summary["namespace"]) == ["b", "a"]  # 4/10 dropped, then 8/29
+    a = summary.set_index("namespace").loc["a"]
+    assert (a["windows"], a["disconnected"], a["dropped"], a["disconnects"]) == (3, 30, 8, 30)
+    assert (a["cohort_dropped"], a["cohort_rejoined"], a["unresolved"]) == (8, 21, 1)
+    assert a["drop_ratio"] == pytest.approx(8 / 30)
+    assert a["cohort_drop_ratio"] == pytest.approx(8 / 29)
+    assert a["difference"] == pytest.approx(8 / 29 - 8 / 30)
+    lo, hi = analysis.wilson_interval(8, 29)
+    assert (a["cohort_ci_low"], a["cohort_ci_high"]) == pytest.approx((lo[0], hi[0]))
+    assert summary.set_index("namespace").loc["b", "windows"] == 2  # the gap is no window
+    assert list(analysis.cohort_summary(rates, outcomes, min_disconnects=20)["namespace"]) == ["a"]
+
+
+def test_rejoin_time_windows_and_summary() -> None:
+    outcomes = outcomes_frame(
+        [
+            ("fast", 0, 5, 4, 1, True, 0, 2.0, 5.0),
+            ("fast", 5, 5, 4, 1, True, 0, 4.0, 9.0),
+            ("fast", 10, 5, 1, 4, True, 0, 30.0, 30.0),  # one rejoin
+            ("fast", 15, 5, 0, 5, True, 0, None, None),  # no rejoin: no times
+            ("fast", 20, 5, 5, 0, False, 0, 99.0, 99.0),  # provisional
+            ("slow", 0, 5, 5, 0, True, 0, 20.0, 50.0),
+            ("slow", 5, 5, 5, 0, True, 0, 40.0, 70.0),
+        ]
+    )
+    rows = analysis.rejoin_time_windows(outcomes)
+    assert list(rows.groupby("namespace").size()) == [3, 2]
+    summary = analysis.rejoin_time_summary(outcomes).set_index("namespace")
+    assert list(summary.index) == ["slow", "fast"]  # slowest median first
+    fast = summary.loc["fast"]
+    assert (fast["windows"], fast["rejoined"]) == (3, 9)
+    assert fast["p50_median"] == pytest.approx(4.0)  # unweighted: one value per window
+    assert (fast["p50_q25"], fast["p50_q75"]) == pytest.approx((3.0, 17.0))
+    assert (fast["p95_median"], fast["p95_max"]) == pytest.approx((9.0, 30.0))
+    assert summary.loc["slow", "p50_median"] == pytest.approx(30.0)
+
+    busy = analysis.rejoin_time_summary(outcomes, min_rejoined=2).set_index("namespace")
+    assert busy.loc["fast", "windows"] == 2 and busy.loc["fast", "p50_median"] == 3.0
+    provisional = analysis.rejoin_time_summary(outcomes, final_only=False).set_index("namespace")
+    assert provisional.loc["fast", "windows"] == 4
+    assert analysis.rejoin_time_summary(outcomes.head(0)).empty
+
+
+def test_outcome_horizon_from_the_newest_manifest() -> None:
+    assert analysis.outcome_horizon([]) == "1h"
+    manifests = [
+        {"started_at": "2026-11-28T02:00:00+00:00", "settings": {"outcome_horizon": "30m"}},
+        {"started_at": "2026-11-28T01:00:00+00:00", "settings": {"outcome_horizon": "2h"}},
+        {"started_at": "2026-11-28T03:00:00+00:00", "settings": {}},  # older version
+    ]
+    assert analysis.outcome_horizon(manifests) == "30m"
+    assert analysis.outcome_horizon(MANIFESTS) == "1h"
+
+
 # --- data health ----------------------------------------------------------------------
 
 
@@ -370,6 +551,56 @@ def test_plot_data_health() -> None:
     assert "interrupted" in " ".join(t.get_text() for t in ax_runs.get_xticklabels())
 
 
+def test_plot_cohort_vs_window_lines_and_scatter() -> None:
+    rates, outcomes = biased_pair()
+    fig = plots.plot_cohort_vs_window(rates, outcomes, freq=None, top=2, min_disconnects=1)
+    *panels, ax_scatter = fig.axes
+    assert [ax.get_title(loc="left") for ax in panels] == ["b", "a"]  # highest cohort first
+    a_lines = panels[1].get_lines()
+    assert [ln.get_label() for ln in a_lines] == [plots.WINDOW_RATIO, plots.COHORT_RATIO]
+    assert list(a_lines[0].get_ydata()) == pytest.approx([0.1, 0.5, 0.2])
+    assert list(a_lines[1].get_ydata()) == pytest.approx([0.3, 0.4, 1 / 9])
+    (points,) = ax_scatter.collections[-1:]
+    assert np.asarray(points.get_offsets()) == pytest.approx(
+        np.array([[0.4, 0.4], [8 / 30, 8 / 29]])
+    )
+    assert {t.get_text() for t in ax_scatter.texts} == {"a", "b"}
+    assert "cohort" in ax_scatter.get_ylabel() and "window" in ax_scatter.get_xlabel()
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == [plots.WINDOW_RATIO, plots.COHORT_RATIO]
+
+    chosen = plots.plot_cohort_vs_window(rates, outcomes, ["a"], freq="1h")
+    assert len(chosen.axes) == 2
+    # Below min_disconnects everywhere: the busiest are drawn, the scatter says why it is empty.
+    few = plots.plot_cohort_vs_window(rates, outcomes, top=1, min_disconnects=1000)
+    assert few.axes[0].get_title(loc="left") == "a"
+    assert "enough disconnects" in few.axes[1].texts[0].get_text()
+
+
+def test_plot_rejoin_times_boxes_per_namespace() -> None:
+    outcomes = outcomes_frame(
+        [("fast", m, 5, 4, 1, True, 0, 2.0 + m / 5, 5.0 + m / 5) for m in range(0, 60, 5)]
+        + [("slow", m, 5, 5, 0, True, 0, 30.0 + m / 5, 60.0) for m in range(0, 30, 5)]
+        + [("quiet", 0, 1, 1, 0, True, 0, 1.0, 1.0)]
+    )
+    fig = plots.plot_rejoin_times(outcomes, top=2)
+    (ax,) = fig.axes
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert [t.split("\n")[0] for t in ticks] == ["slow", "fast"]  # slowest first; top 2 by rejoins
+    assert ticks[1].split("\n")[1] == "12 windows, 48 rejoins"
+    boxes = [p for p in ax.patches if isinstance(p, PathPatch)]
+    assert len(boxes) == 4  # p50 and p95 per namespace
+    assert "unweighted" in ax.get_xlabel() and "one value per final window" in ax.get_xlabel()
+    medians = [ln for ln in ax.get_lines() if ln.get_color() == "0.1"]
+    assert len(medians) == 4
+    slow_p50 = np.asarray(medians[0].get_xdata(), dtype=float)
+    assert slow_p50 == pytest.approx([32.5, 32.5])  # median of 30..35 by 1
+
+    chosen = plots.plot_rejoin_times(outcomes, ["quiet"])
+    assert [t.get_text().split("\n")[0] for t in chosen.axes[0].get_yticklabels()] == ["quiet"]
+    assert "≥ 2 rejoins" in plots.plot_rejoin_times(outcomes, min_rejoined=2).axes[0].get_xlabel()
+
+
 def test_plots_accept_empty_data() -> None:
     empty = demo_rates().head(0)
     for fig in (
@@ -377,6 +608,8 @@ def test_plots_accept_empty_data() -> None:
         plots.plot_ranking(analysis.rank_namespaces(empty)),
         plots.plot_hour_heatmap(empty),
         plots.plot_data_health(late_frame().head(0), dead_frame().head(0), []),
+        plots.plot_cohort_vs_window(empty, outcomes_frame([])),
+        plots.plot_rejoin_times(outcomes_frame([])),
     ):
         assert fig.axes
 
@@ -400,16 +633,20 @@ def test_importing_the_helpers_leaves_the_backend_alone() -> None:
 # --- report ----------------------------------------------------------------------------
 
 
-def write_output(root: Path, rates: pd.DataFrame) -> None:
-    """An output directory laid out as the job writes it (Hive-partitioned rates)."""
-    table = pa.Table.from_pandas(rates, schema=RATES_SCHEMA, preserve_index=False)
-    ds.write_dataset(
-        table,
-        root / "party_rates",
-        format="parquet",
-        partitioning=RATES_PARTITIONING,
-        basename_template="part-{i}.parquet",
-    )
+def write_output(root: Path, rates: pd.DataFrame, outcomes: pd.DataFrame | None = None) -> None:
+    """An output directory laid out as the job writes it (Hive-partitioned rates, and
+    outcomes when given: outputs written before ``disconnect_outcomes`` have none)."""
+    datasets = [("party_rates", rates, RATES_SCHEMA)]
+    if outcomes is not None:
+        datasets.append(("disconnect_outcomes", outcomes, OUTCOMES_SCHEMA))
+    for name, frame, schema in datasets:
+        ds.write_dataset(
+            pa.Table.from_pandas(frame, schema=schema, preserve_index=False),
+            root / name,
+            format="parquet",
+            partitioning=RATES_PARTITIONING,
+            basename_template="part-{i}.parquet",
+        )
     (root / "_runs").mkdir()
     (root / "_runs" / "r1.json").write_text(
         '{"run_id": "r1", "started_at": "2026-11-28T00:00:00+00:00", "ended_at": null,'
@@ -430,10 +667,44 @@ def test_report_and_main_plot_from_an_output_dir(tmp_path: Path) -> None:
     assert all(base64.b64decode(data).startswith(PNG_MAGIC) for data in images)
     assert "&lt;b&gt;a&amp;b&lt;/b&gt;" in page and "<b>a&b</b>" not in page
     assert "invite" in page and "same" in page  # the rate definitions
+    assert "no <code>disconnect_outcomes/</code> rows" in page  # an output from before it
 
     save_main_plot(tmp_path / "out", tmp_path / "main.png")
     data = (tmp_path / "main.png").read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def test_report_shows_cohort_ratio_and_rejoin_times(tmp_path: Path) -> None:
+    rates = demo_rates()
+    rows = []
+    for ns, share in (("a", 0.5), ("b", 0.2), ("c", 0.3)):
+        for minute in range(0, 180, 5):
+            dropped = int(10 * share)
+            p50 = 5.0 + minute / 30
+            rows.append((ns, minute, 10, 10 - dropped, dropped, minute < 110, 0, p50, 2 * p50))
+    outcomes = outcomes_frame(rows)
+    write_output(tmp_path / "out", rates, outcomes)
+    (tmp_path / "out" / "_runs" / "r2.json").write_text(
+        '{"run_id": "r2", "started_at": "2026-11-28T01:00:00+00:00", "ended_at": null,'
+        ' "status": "completed", "counts": {}, "gaps": [],'
+        ' "settings": {"outcome_horizon": "45m"}}'
+    )
+    loaded = analysis.load_disconnect_outcomes(tmp_path / "out")
+    assert len(loaded) == len(outcomes) and set(loaded["namespace"]) == {"a", "b", "c"}
+
+    render_report(tmp_path / "out", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 6
+    assert all(base64.b64decode(data).startswith(PNG_MAGIC) for data in images)
+    assert 'alt="window drop ratio and cohort drop ratio"' in page
+    assert 'alt="rejoin time distribution per namespace"' in page
+    assert "<h2>Cohort drop ratio</h2>" in page and "<h2>Rejoin times</h2>" in page
+    assert "inactive timeout" in page and "own disconnects" in page
+    assert "outcome horizon (45m)" in page  # the horizon the newest run used
+    assert "not weighted" in page
+    assert "cohort drop ratio</th>" in page and "p50_median</th>" in page
+    assert "no <code>disconnect_outcomes/</code> rows" not in page
 
 
 # --- data dictionary -------------------------------------------------------------------

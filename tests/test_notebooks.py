@@ -15,7 +15,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from flows.analysis import load_party_rates
+from flows.analysis import load_disconnect_outcomes, load_party_rates
 from flows.simulator import SimConfig, generate, produce
 from tests.helpers import REPO, run_cli, run_job
 
@@ -80,12 +80,22 @@ def test_notebook_runs_on_job_output(output: Path, tmp_path: Path) -> None:
     images = [
         base64.b64decode(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})
     ]
-    assert len(images) >= 4
+    # Ranking, rates over time, hour heatmap, cohort vs window, rejoin times, data health.
+    assert len(images) >= 6
     assert all(img.startswith(PNG_MAGIC) and len(img) > 5_000 for img in images)
     # It read the output it was pointed at, not the demo's.
     rows = len(load_party_rates(output))
     texts = " ".join(o.get("data", {}).get("text/plain", "") for o in outputs)
     assert f"'rows': {rows}" in texts
+    # The job's output has final disconnect_outcomes rows, and the new section shows them.
+    outcomes = load_disconnect_outcomes(output)
+    assert outcomes["is_final"].any() and outcomes["rejoin_seconds_p50"].notna().any()
+    streams = " ".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "outcome horizon of the newest run: 1h" in streams
+    tables = " ".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "cohort_drop_ratio" in tables and "p50_median" in tables
+    finals = outcomes[outcomes["is_final"]]
+    assert str(finals["namespace"].iloc[0]) in tables
 
 
 @pytest.mark.broker
@@ -94,11 +104,16 @@ def test_report_command_embeds_png_plots(output: Path) -> None:
     assert result.returncode == 0, result.stderr
     page = (output / "report.html").read_text(encoding="utf-8")
     images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) >= 3
+    assert len(images) >= 6  # the four views, the cohort drop ratio and the rejoin times
     for data in images:
         png = base64.b64decode(data, validate=True)
         assert png.startswith(PNG_MAGIC) and len(png) > 5_000
     assert "Worst namespaces" in page and "Dead letters by reason" in page
+    assert 'alt="window drop ratio and cohort drop ratio"' in page
+    assert 'alt="rejoin time distribution per namespace"' in page
+    assert "<h2>Cohort drop ratio</h2>" in page and "<h2>Rejoin times</h2>" in page
+    assert "outcome horizon (1h)" in page
+    assert "no <code>disconnect_outcomes/</code> rows" not in page
     assert "not JSON" in page or "not a JSON object" in page
 
     other = output.parent / "elsewhere" / "r.html"
