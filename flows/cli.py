@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from flows.settings import Settings
 
-EXIT_SETTINGS, EXIT_KAFKA, EXIT_STATE, EXIT_FAILED = 2, 3, 4, 1
+EXIT_SETTINGS, EXIT_KAFKA, EXIT_STATE, EXIT_STORAGE, EXIT_FAILED = 2, 3, 4, 5, 1
 
 FLAGS: dict[str, dict[str, Any]] = {
     "brokers": {"help": "Kafka bootstrap servers HOST:PORT[,…]"},
@@ -84,7 +84,7 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     from flows.party_rates import build_flow
     from flows.source import SourceError, list_partitions
     from flows.statedir import StateDir, StateError
-    from flows.storage import Storage
+    from flows.storage import Storage, StorageError
 
     state = StateDir(settings.state)
     storage = Storage.for_settings(settings)
@@ -125,6 +125,8 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
             )
     except Fail:
         raise
+    except StorageError as err:
+        raise Fail(EXIT_STORAGE, str(err)) from None
     except StateError as err:
         raise Fail(EXIT_STATE, str(err)) from None
     except SourceError as err:
@@ -139,8 +141,11 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
         while cause is not None:
             if isinstance(cause, SourceError):
                 raise Fail(EXIT_KAFKA, str(cause)) from None
+            if isinstance(cause, StorageError):
+                raise Fail(EXIT_STORAGE, str(cause)) from None
             root = cause
-            cause = cause.__cause__ or cause.__context__
+            suppressed = cause.__suppress_context__
+            cause = cause.__cause__ or (None if suppressed else cause.__context__)
         raise Fail(EXIT_FAILED, f"the run failed: {_last_line(root)}") from err
     data = storage.read_bytes(f"_runs/{settings.run_id}.json")
     return json.loads(data) if data else None

@@ -100,6 +100,18 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return v.strip()
 
+    @field_validator("output")
+    @classmethod
+    def _no_secrets_in_output(cls, v: str) -> str:
+        if "://" in v:
+            rest = v.split("://", 1)[1]
+            if "@" in rest.split("/", 1)[0] or "?" in rest or "#" in rest:
+                raise ValueError(
+                    "give object store credentials with --s3-access-key and "
+                    "PARTY_RATES_S3_SECRET_KEY, not inside the --output URI"
+                )
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.window_us < 1_000_000:

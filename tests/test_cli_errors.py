@@ -151,3 +151,13 @@ def test_state_from_another_version_is_refused(tmp_path: Path, meta: str | None,
     result = run_cli("run", "--output", str(tmp_path / "o"), "--state", str(state))
     assert result.returncode == 4
     assert word in _one_clear_line(result.stderr)
+
+
+def test_credentials_inside_an_object_store_output_are_refused(tmp_path: Path) -> None:
+    result = run_cli(
+        "run", "--output", "s3://KEY:hunter2@bucket/prefix", "--state", str(tmp_path / "s")
+    )
+    assert result.returncode == 2
+    assert "--s3-access-key" in _one_clear_line(result.stderr)
+    assert "hunter2" not in result.stderr
+    assert not (tmp_path / "s").exists()

@@ -12,11 +12,18 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from flows.analysis import load_manifests, load_party_rates
+from flows.analysis import (
+    load_dead_letters,
+    load_disconnect_outcomes,
+    load_late_events,
+    load_manifests,
+    load_party_rates,
+)
 from flows.simulator import SimConfig, chunks, generate, produce
 from flows.storage import S3Target, Storage, StorageError
 from tests.helpers import _normalise, assert_same_rows, job_rows, run_cli, run_job
 from tests.s3server import S3Server, seaweedfs_s3
+from tests.test_cli_errors import _one_clear_line
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 SIM = SimConfig(messages=5_000, namespaces=5, hours=3)
@@ -41,13 +48,6 @@ def _run_s3(
     )  # fmt: skip
 
 
-def _one_clear_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("party-rates: error:")]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
 def test_split_runs_to_s3_equal_a_local_run(broker, s3: S3Server, tmp_path: Path) -> None:
     topic = broker.new_topic()
     messages, _ = generate(SIM)
@@ -66,6 +66,17 @@ def test_split_runs_to_s3_equal_a_local_run(broker, s3: S3Server, tmp_path: Path
     assert len(rows) > 0
     assert_same_rows(rows, job_rows(tmp_path / "local"))
     assert not rows.duplicated(["namespace", "window_start"]).any()
+    local, remote = tmp_path / "local", f"{bucket}/{prefix}"
+    assert_same_rows(
+        _normalise(load_disconnect_outcomes(remote, filesystem=fs)),
+        _normalise(load_disconnect_outcomes(local)),
+    )
+    for load, drop in ((load_late_events, []), (load_dead_letters, ["seen_at"])):
+        got, want = (
+            load(*where).drop(columns=drop).sort_values(["partition", "offset"], ignore_index=True)
+            for where in ((remote, fs), (local,))
+        )
+        assert_same_rows(got, want)
 
     # The objects as S3 lists them: each written by one PUT, one data file per
     # namespace=/date= prefix, no directory markers, no temporary objects.
