@@ -187,7 +187,12 @@ def render(n: int, repeats: int, results: dict[str, list[tuple[float, int]]]) ->
         f"- 2 processes ÷ 1 worker: **{med['party-rates run (2 processes)'] / job:.2f}**",
         "",
         "The job's time is the whole run (start-up, partition checks, consume, validate, "
-        "window, write Parquet and the manifest); the others only consume and count in memory.",
+        "window, match disconnect outcomes, write Parquet and the manifest); the others only "
+        "consume and count in memory.",
+        "",
+        "Where the time goes: [PROFILE.md](PROFILE.md) (`make profile`). Memory over 1x and "
+        "4x the input: [MEMORY.md](MEMORY.md) (`make bench BENCH_ARGS=--memory-scaling`). "
+        "What limits the job, and the gap to the targets: [LIMITS.md](LIMITS.md).",
         "",
     ]
     return "\n".join(lines)

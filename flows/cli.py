@@ -285,7 +285,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from flows.report import render_report
+    from flows.report import render_report, save_main_plot
 
     output = Path(args.output)
     if not (output / "party_rates").exists():
@@ -293,6 +293,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     dest = Path(args.to) if args.to else output / "report.html"
     render_report(output, dest)
     print(f"party-rates: report written to {dest}", file=sys.stderr)
+    if args.png:
+        save_main_plot(output, Path(args.png))
+        print(f"party-rates: main plot written to {args.png}", file=sys.stderr)
     return 0
 
 
@@ -315,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="a static HTML report of an output directory")
     report.add_argument("--output", required=True, help="the job's output directory")
     report.add_argument("--to", help="HTML file to write (default OUTPUT/report.html)")
+    report.add_argument("--png", help="also write the main plot as a small PNG here")
     report.set_defaults(func=cmd_report)
     return parser
 

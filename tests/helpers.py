@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -210,3 +212,32 @@ def run_job(bootstrap: str, topic: str, output: Path, state: Path, *extra: str) 
     )
     assert result.returncode == 0, result.stderr
     return result
+
+
+def snapshotted_epoch(state: Path) -> int:
+    """The latest epoch whose snapshot a run has committed to its recovery store."""
+    db = state / "recovery" / "part-0.sqlite3"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            row = conn.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0] or 0)
+
+
+def start_slow_run(bootstrap: str, topic: str, out: Path, state: Path, *extra: str) -> Any:
+    """Start a run made slow by tiny batches and return once it has committed two snapshots.
+
+    Fails if the run finishes first: the caller means to interrupt it in the middle.
+    """
+    args = ["run", "--brokers", bootstrap, "--topic", topic, "--output", str(out)]
+    args += ["--state", str(state), "--progress", "off", "--batch-size", "3"]
+    args += ["--snapshot-interval", "300ms", *extra]
+    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the recovery store the run writes
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    return proc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -10,11 +9,14 @@ import pytest
 
 from flows.broker import EmbeddedBroker, free_port
 from flows.simulator import SimConfig, generate, produce
-from tests.helpers import CLI, REPO, assert_same_rows, job_rows, run_job
+from tests.helpers import assert_same_rows, job_rows, run_job, start_slow_run
 from tests.tcpproxy import Proxy
-from tests.test_crash import _log_rows, _snapshotted_epoch
+from tests.test_crash import _log_rows
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
+TOPIC = "mpv2SessionHistory"
+# Little prefetch, and (below) small record batches: a cut run has not fetched everything.
+SMALL_PREFETCH = ("--kafka-config", "queued.max.messages.kbytes=256")
 
 
 @pytest.fixture
@@ -35,22 +37,14 @@ def test_broker_lost_mid_run_stops_cleanly_and_the_next_run_redoes_it(
     proxied_broker, tmp_path: Path
 ) -> None:
     bootstrap, broker, proxy = proxied_broker
-    broker.create_topic("mpv2SessionHistory")
+    broker.create_topic(TOPIC)
     messages, _ = generate(SimConfig(messages=60_000, namespaces=8, hours=6, seed=8))
     # Small record batches, so the run below cannot have fetched everything when cut.
-    produce(bootstrap, "mpv2SessionHistory", messages, {"batch.num.messages": 200})
-    run_job(bootstrap, "mpv2SessionHistory", tmp_path / "clean", tmp_path / "clean-state")
+    produce(bootstrap, TOPIC, messages, {"batch.num.messages": 200})
+    run_job(bootstrap, TOPIC, tmp_path / "clean", tmp_path / "clean-state")
 
     out, state = tmp_path / "out", tmp_path / "state"
-    args = ["run", "--brokers", bootstrap, "--output", str(out), "--state", str(state)]
-    args += ["--progress", "off", "--batch-size", "3", "--snapshot-interval", "300ms"]
-    args += ["--broker-timeout", "3s", "--kafka-config", "queued.max.messages.kbytes=256"]
-    args += ["--kafka-config", "fetch.max.bytes=1000000"]
-    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling the recovery store the run writes
-    assert proc.poll() is None, "the run finished before the broker could be cut"
+    proc = start_slow_run(bootstrap, TOPIC, out, state, "--broker-timeout", "3s", *SMALL_PREFETCH)
     proxy.stop()
     cut = time.monotonic()
     _, err = proc.communicate(timeout=120)
@@ -63,27 +57,20 @@ def test_broker_lost_mid_run_stops_cleanly_and_the_next_run_redoes_it(
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
     proxy.start()
-    run_job(bootstrap, "mpv2SessionHistory", out, state)
+    run_job(bootstrap, TOPIC, out, state)
     assert_same_rows(job_rows(out), job_rows(tmp_path / "clean"))
     assert _log_rows(out) == _log_rows(tmp_path / "clean")
 
 
 def test_a_short_broker_outage_is_ridden_out(proxied_broker, tmp_path: Path) -> None:
     bootstrap, broker, proxy = proxied_broker
-    broker.create_topic("mpv2SessionHistory")
+    broker.create_topic(TOPIC)
     messages, _ = generate(SimConfig(messages=40_000, namespaces=8, hours=6, seed=9))
-    produce(bootstrap, "mpv2SessionHistory", messages, {"batch.num.messages": 200})
-    run_job(bootstrap, "mpv2SessionHistory", tmp_path / "clean", tmp_path / "clean-state")
+    produce(bootstrap, TOPIC, messages, {"batch.num.messages": 200})
+    run_job(bootstrap, TOPIC, tmp_path / "clean", tmp_path / "clean-state")
 
     out, state = tmp_path / "out", tmp_path / "state"
-    args = ["run", "--brokers", bootstrap, "--output", str(out), "--state", str(state)]
-    args += ["--progress", "off", "--batch-size", "3", "--snapshot-interval", "300ms"]
-    args += ["--broker-timeout", "60s", "--kafka-config", "queued.max.messages.kbytes=256"]
-    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling the recovery store the run writes
-    assert proc.poll() is None, "the run finished before the broker could be cut"
+    proc = start_slow_run(bootstrap, TOPIC, out, state, "--broker-timeout", "60s", *SMALL_PREFETCH)
     proxy.stop()
     time.sleep(2)  # the outage itself
     proxy.start()

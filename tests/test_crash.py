@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -12,21 +11,9 @@ import pytest
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
 from flows.simulator import SimConfig, generate, produce
-from tests.helpers import CLI, REPO, assert_same_rows, job_rows, run_job
+from tests.helpers import CLI, REPO, assert_same_rows, job_rows, run_job, start_slow_run
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-def _snapshotted_epoch(state: Path) -> int:
-    db = state / "recovery" / "part-0.sqlite3"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            row = conn.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0] or 0)
 
 
 def _log_rows(out: Path) -> tuple[list, list]:
@@ -42,16 +29,7 @@ def test_kill_9_mid_run_then_resume(broker, tmp_path: Path) -> None:
     run_job(broker.bootstrap, topic, tmp_path / "clean", tmp_path / "clean-state")
 
     out, state = tmp_path / "out", tmp_path / "state"
-    args = ["run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
-    # Tiny batches make the run slow enough to be killed in the middle of reading.
-    args += ["--state", str(state), "--progress", "off", "--batch-size", "3"]
-    args += ["--snapshot-interval", "300ms"]
-    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    # Wait for the second snapshot, polling the recovery store the run writes.
-    while _snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    proc = start_slow_run(broker.bootstrap, topic, out, state)
     assert not (out / "_runs").exists(), "the run was already writing its output"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -120,3 +120,14 @@ def test_report_command_embeds_png_plots(output: Path) -> None:
     result = run_cli("report", "--output", str(output), "--to", str(other))
     assert result.returncode == 0, result.stderr
     assert other.read_text(encoding="utf-8").count("data:image/png;base64,") == len(images)
+
+
+def test_report_writes_the_main_plot_as_png(output: Path, tmp_path: Path) -> None:
+    png = tmp_path / "main.png"
+    result = run_cli(
+        "report", "--output", str(output), "--to", str(tmp_path / "r.html"), "--png", str(png)
+    )
+    assert result.returncode == 0, result.stderr
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000
