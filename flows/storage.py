@@ -197,6 +197,9 @@ class Storage:
         *,
         s3: S3Target | None = None,
     ) -> None:
+        # Arrow's own allocator keeps memory freed by earlier writes, so a long run's peak
+        # grew with its length: the job writes now and then, the system allocator suffices.
+        pa.set_memory_pool(pa.system_memory_pool())
         self._lock = threading.Lock()
         self._s3 = s3
         self._fs: pafs.FileSystem | None
