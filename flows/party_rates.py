@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -20,12 +21,18 @@ from flows.settings import Settings
 from flows.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
 from flows.source import TopicSource
 from flows.storage import Storage
+from flows.windows import Output
 
 CLOCK = "clock"
 
 
 def _ticks(item: tuple[str, tuple[str, Tick]]) -> tuple[str, Tick]:
     return item[1]
+
+
+def _of_kind(kind: str) -> Callable[[tuple[str, Output]], Any]:
+    """The payload of the windows step's outputs of one kind (None for the others)."""
+    return lambda kv: kv[1][1] if kv[1][0] == kind else None
 
 
 def _flush_ticks(sink: ParquetSink) -> Callable[[BatchResult], list[tuple[str, FlushTick]]]:
@@ -69,20 +76,16 @@ def build_flow(
     )
     # (namespace, ("row" | "outcome" | "late", row) | ("late_count", n))
 
-    rows = op.filter_map("rows", outputs, lambda kv: kv[1][1] if kv[1][0] == "row" else None)
+    rows = op.filter_map("rows", outputs, _of_kind("row"))
     # rates row: final rows as windows close, provisional rows at the end of a run
 
-    outcomes = op.filter_map(
-        "outcomes", outputs, lambda kv: kv[1][1] if kv[1][0] == "outcome" else None
-    )
+    outcomes = op.filter_map("outcomes", outputs, _of_kind("outcome"))
     # disconnect_outcomes row: a disconnect window's outcomes, final an outcome horizon later
 
     late_rows = op.merge(
         "late_rows",
         op.flat_map("late_at_partition", batches, lambda b: b.late),
-        op.filter_map(
-            "late_at_window", outputs, lambda kv: kv[1][1] if kv[1][0] == "late" else None
-        ),
+        op.filter_map("late_at_window", outputs, _of_kind("late")),
     )
     # late_events row: an event that came after its window was final
 
@@ -92,9 +95,7 @@ def build_flow(
     stats = op.merge(
         "stats",
         op.map("batch_stats", batches, lambda b: b.stats),
-        op.filter_map(
-            "late_counts", outputs, lambda kv: kv[1][1] if kv[1][0] == "late_count" else None
-        ),
+        op.filter_map("late_counts", outputs, _of_kind("late_count")),
     )
     # BatchStats | int: bookkeeping for the manifest and the progress display
 
