@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 US_PER_S = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -117,6 +118,17 @@ def parse_duration_us(text: str) -> int:
     unit = {"ms": 1_000, "s": US_PER_S, None: US_PER_S, "m": 60 * US_PER_S}
     unit |= {"h": 3600 * US_PER_S, "d": 86400 * US_PER_S}
     return int(m.group(1)) * unit[m.group(2)]
+
+
+def window_columns(namespace: str, start_us: int, window_us: int) -> dict[str, Any]:
+    """The key columns every per-window row starts with (``date`` is a partition column)."""
+    start = to_datetime(start_us)
+    return {
+        "namespace": namespace,
+        "date": start.date(),
+        "window_start": start,
+        "window_end": to_datetime(start_us + window_us),
+    }
 
 
 def window_start_us(t_us: int, window_us: int) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from flows.eventtime import US_PER_S, to_datetime
+from flows.eventtime import US_PER_S, window_columns
 from flows.items import Row
 from schemas.events import DISCONNECTED, DROPPED, REJOINED
 
@@ -54,12 +54,7 @@ class OutcomeAgg:
 
     def to_row(self, namespace: str, start_us: int, window_us: int, is_final: bool) -> Row:
         decided = self.rejoined + self.dropped
-        start = to_datetime(start_us)
-        return {
-            "namespace": namespace,
-            "date": start.date(),
-            "window_start": start,
-            "window_end": to_datetime(start_us + window_us),
+        return window_columns(namespace, start_us, window_us) | {
             "disconnects": self.disconnects,
             "rejoined": self.rejoined,
             "dropped": self.dropped,

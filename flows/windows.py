@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.eventtime import US_PER_S, to_datetime
+from flows.eventtime import US_PER_S, to_datetime, window_columns
 from flows.items import Chunk, EventRef, Row, Tick
 from flows.outcomes import OutcomeMatcher
 from schemas.events import COUNTED_NAMES, DISCONNECTED, DROPPED, REJECTED, REJOINED
@@ -52,12 +52,7 @@ class WindowAgg:
         rejoined = self.counts[REJOINED]
         dropped = self.counts[DROPPED]
         minutes = window_us / (60 * US_PER_S)
-        start = to_datetime(start_us)
-        return {
-            "namespace": namespace,
-            "date": start.date(),
-            "window_start": start,
-            "window_end": to_datetime(start_us + window_us),
+        return window_columns(namespace, start_us, window_us) | {
             "disconnected": disconnected,
             "rejoined": rejoined,
             "dropped": dropped,
