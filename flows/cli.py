@@ -155,13 +155,12 @@ def check_kafka_settings(settings: Settings) -> None:
     """Refuse librdkafka settings the client itself rejects, before anything starts."""
     from confluent_kafka import Consumer, KafkaException
 
-    from flows.source import QUIET
+    from flows.source import quiet
 
-    config: dict[str, Any] = {**settings.kafka_base_config(), "group.id": "party-rates"}
-    if "debug" not in config:
-        config["logger"] = QUIET  # it connects at once: a refusal is reported by the checks after
+    config = settings.kafka_base_config()
     try:
-        Consumer(config).close()
+        # It connects at once: a refusal is reported by the checks after, in one line.
+        Consumer({**config, **quiet(config), "group.id": "party-rates"}).close()
     except KafkaException as err:
         raise Fail(EXIT_SETTINGS, f"invalid Kafka setting: {err.args[0].str()}") from None
 

@@ -48,6 +48,12 @@ QUIET.addHandler(logging.NullHandler())
 QUIET.propagate = False
 
 
+def quiet(config: dict[str, str]) -> dict[str, Any]:
+    """Client settings that keep librdkafka's log lines off stderr, unless ``debug`` is set:
+    errors are reported as one line of ours instead."""
+    return {} if "debug" in config else {"logger": QUIET}
+
+
 def _reason(err: KafkaError) -> str:
     """The client's words without its ``proto://host:port/id: `` prefix and timing suffix."""
     text = re.sub(r"^\w+://\S+: ", "", err.str())
@@ -63,9 +69,7 @@ def list_partitions(config: dict[str, str], topic: str, timeout_s: float) -> lis
     """
     problems: list[KafkaError] = []
     client: dict[str, Any] = {**config, "socket.timeout.ms": str(int(timeout_s * 1000))}
-    client["error_cb"] = problems.append
-    if "debug" not in config:
-        client["logger"] = QUIET
+    client |= {"error_cb": problems.append, **quiet(config)}
     admin = AdminClient(client)
     brokers = config.get("bootstrap.servers", "?")
     deadline = time.monotonic() + timeout_s
@@ -104,7 +108,7 @@ def end_offsets(
     """
     consumer = Consumer(
         {
-            **({} if "debug" in config else {"logger": QUIET}),
+            **quiet(config),
             **config,
             "group.id": "party-rates-probe",
             "enable.auto.commit": "false",
@@ -180,7 +184,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         consumer = Consumer(
             {
                 "error_cb": errors.record,
-                **({} if "debug" in self.config else {"logger": QUIET}),
+                **quiet(self.config),
                 # Short fetch waits: a partition near its end does not stall the others
                 # (overridable through the extra Kafka settings).
                 "fetch.wait.max.ms": "100" if self.follow else "10",
@@ -219,11 +223,8 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 )
                 state.next_offset = low
         consumer.assign([TopicPartition(self.topic, partition, state.next_offset)])
-        reader = PartitionReader(
-            self, consumer, partition, state, None if self.follow else high, gap
-        )
-        reader.errors = errors
-        return reader
+        end = None if self.follow else high
+        return PartitionReader(self, consumer, partition, state, end, gap, errors)
 
 
 class BrokerErrors:
@@ -256,6 +257,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         state: PartitionState,
         end_offset: int | None,
         gap: str | None,
+        errors: BrokerErrors | None = None,
     ) -> None:
         self.source = source
         self.consumer = consumer
@@ -267,7 +269,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         self.started = False
         self.done = False
         self.awake: datetime | None = None
-        self.errors = BrokerErrors()
+        self.errors = errors or BrokerErrors()  # fed by the consumer's error callback
         self.last_tick = time.monotonic()
 
     def _finished(self) -> bool:
