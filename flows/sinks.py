@@ -56,55 +56,45 @@ class DatasetSpec:
     day: Callable[[Row], date | None] = lambda row: None  # the file's day, if it has one
 
 
-def _hive_path(dataset: str) -> Callable[[Row], str]:
+def window_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
+    """A per-(namespace, window) dataset: one file per ``namespace=/date=`` directory, a
+    final row never replaced by a provisional one, days settled once final."""
+
     def relpath(row: Row) -> str:
         day: date = row["date"]
-        return (
-            f"{dataset}/{hive_segment('namespace', row['namespace'])}/"
-            f"date={day.isoformat()}/part-0.parquet"
-        )
+        segment = hive_segment("namespace", row["namespace"])
+        return f"{name}/{segment}/date={day.isoformat()}/part-0.parquet"
 
-    return relpath
+    return DatasetSpec(
+        name,
+        file_schema,
+        file_key=lambda row: row["window_start"],
+        relpath=relpath,
+        prefer_new=lambda old, new: not (old["is_final"] and not new["is_final"]),
+        day=lambda row: row["date"] if row["is_final"] else None,
+    )
 
 
-def _log_path(dataset: str) -> Callable[[Row], str]:
+def log_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
+    """A per-message log: one file per Kafka partition and offset block, first write wins."""
+
     def relpath(row: Row) -> str:
         block = row["offset"] // LOG_BLOCK
-        return f"{dataset}/p{row['partition']:05d}-b{block:06d}.parquet"
+        return f"{name}/p{row['partition']:05d}-b{block:06d}.parquet"
 
-    return relpath
+    return DatasetSpec(
+        name,
+        file_schema,
+        file_key=lambda row: (row["partition"], row["offset"]),
+        relpath=relpath,
+        prefer_new=lambda old, new: False,
+    )
 
 
-RATES = DatasetSpec(
-    "party_rates",
-    RATES_FILE_SCHEMA,
-    file_key=lambda row: row["window_start"],
-    relpath=_hive_path("party_rates"),
-    prefer_new=lambda old, new: not (old["is_final"] and not new["is_final"]),
-    day=lambda row: row["date"] if row["is_final"] else None,
-)
-OUTCOMES = DatasetSpec(
-    "disconnect_outcomes",
-    OUTCOMES_FILE_SCHEMA,
-    file_key=lambda row: row["window_start"],
-    relpath=_hive_path("disconnect_outcomes"),
-    prefer_new=lambda old, new: not (old["is_final"] and not new["is_final"]),
-    day=lambda row: row["date"] if row["is_final"] else None,
-)
-LATE_EVENTS = DatasetSpec(
-    "late_events",
-    LATE_EVENTS_SCHEMA,
-    file_key=lambda row: (row["partition"], row["offset"]),
-    relpath=_log_path("late_events"),
-    prefer_new=lambda old, new: False,
-)
-DEAD_LETTERS = DatasetSpec(
-    "dead_letters",
-    DEAD_LETTERS_SCHEMA,
-    file_key=lambda row: (row["partition"], row["offset"]),
-    relpath=_log_path("dead_letters"),
-    prefer_new=lambda old, new: False,
-)
+RATES = window_dataset("party_rates", RATES_FILE_SCHEMA)
+OUTCOMES = window_dataset("disconnect_outcomes", OUTCOMES_FILE_SCHEMA)
+LATE_EVENTS = log_dataset("late_events", LATE_EVENTS_SCHEMA)
+DEAD_LETTERS = log_dataset("dead_letters", DEAD_LETTERS_SCHEMA)
 
 
 def route(spec: DatasetSpec) -> Callable[[Row], tuple[str, Row]]:
