@@ -33,15 +33,22 @@ def proxied_broker():
         broker.stop()
 
 
+def _fill_and_run_clean(
+    bootstrap: str, broker: EmbeddedBroker, tmp_path: Path, messages: int, seed: int
+) -> None:
+    """The topic, and the output of an uninterrupted run over it in ``tmp_path/clean``."""
+    broker.create_topic(TOPIC)
+    generated, _ = generate(SimConfig(messages=messages, namespaces=8, hours=6, seed=seed))
+    # Small record batches, so a run cut below cannot have fetched everything already.
+    produce(bootstrap, TOPIC, generated, {"batch.num.messages": 200})
+    run_job(bootstrap, TOPIC, tmp_path / "clean", tmp_path / "clean-state")
+
+
 def test_broker_lost_mid_run_stops_cleanly_and_the_next_run_redoes_it(
     proxied_broker, tmp_path: Path
 ) -> None:
     bootstrap, broker, proxy = proxied_broker
-    broker.create_topic(TOPIC)
-    messages, _ = generate(SimConfig(messages=60_000, namespaces=8, hours=6, seed=8))
-    # Small record batches, so the run below cannot have fetched everything when cut.
-    produce(bootstrap, TOPIC, messages, {"batch.num.messages": 200})
-    run_job(bootstrap, TOPIC, tmp_path / "clean", tmp_path / "clean-state")
+    _fill_and_run_clean(bootstrap, broker, tmp_path, messages=60_000, seed=8)
 
     out, state = tmp_path / "out", tmp_path / "state"
     proc = start_slow_run(bootstrap, TOPIC, out, state, "--broker-timeout", "3s", *SMALL_PREFETCH)
@@ -64,10 +71,7 @@ def test_broker_lost_mid_run_stops_cleanly_and_the_next_run_redoes_it(
 
 def test_a_short_broker_outage_is_ridden_out(proxied_broker, tmp_path: Path) -> None:
     bootstrap, broker, proxy = proxied_broker
-    broker.create_topic(TOPIC)
-    messages, _ = generate(SimConfig(messages=40_000, namespaces=8, hours=6, seed=9))
-    produce(bootstrap, TOPIC, messages, {"batch.num.messages": 200})
-    run_job(bootstrap, TOPIC, tmp_path / "clean", tmp_path / "clean-state")
+    _fill_and_run_clean(bootstrap, broker, tmp_path, messages=40_000, seed=9)
 
     out, state = tmp_path / "out", tmp_path / "state"
     proc = start_slow_run(bootstrap, TOPIC, out, state, "--broker-timeout", "60s", *SMALL_PREFETCH)
