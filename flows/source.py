@@ -189,9 +189,10 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 # (overridable through the extra Kafka settings).
                 "fetch.wait.max.ms": "100" if self.follow else "10",
                 # Bounded prefetch: memory must not grow with the backlog (librdkafka's
-                # default queues up to 64 MiB per partition).
-                "queued.max.messages.kbytes": "8192",
-                "queued.min.messages": "20000",
+                # default queues up to 64 MiB per partition), yet deep enough, with fetches
+                # large enough, that the job rarely waits for the broker (bench/LIMITS.md).
+                "queued.max.messages.kbytes": "16384",
+                "max.partition.fetch.bytes": str(4 * 2**20),
                 **self.config,
                 "group.id": "party-rates",
                 "enable.auto.commit": "false",
