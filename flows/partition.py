@@ -20,7 +20,7 @@ from typing import Protocol
 
 from flows.eventtime import to_datetime
 from flows.items import BatchResult, BatchStats, Chunk, Counts, EventRef, Progress, Row
-from flows.parsing import NAMES_COUNTED, Event, classify, looks_like_object
+from flows.parsing import NAMES_COUNTED, Event, classify, looks_like_object, parse_candidate
 from schemas.events import COUNTED_NAMES
 
 
@@ -106,13 +106,17 @@ def process_batch(
     dedup = state.dedup
     seen_ids = dedup.ids
     mentions_counted = NAMES_COUNTED.search
+    new_ref = tuple.__new__
     for msg in messages:
         value = msg.value()
         # The skip path inline: most of the topic is other event kinds.
-        if value is not None and mentions_counted(value) is None and looks_like_object(value):
+        if value is not None and mentions_counted(value) is not None:
+            result = parse_candidate(value)
+        elif value is not None and looks_like_object(value):
             skipped += 1
             continue
-        result = classify(value)
+        else:
+            result = classify(value)
         if result is None:
             skipped += 1
             continue
@@ -137,15 +141,18 @@ def process_batch(
         if chunk is None:
             chunk = chunks[ns] = Chunk(ns, partition, 0, [])
         chunk.events.append(
-            EventRef(
-                t_us,
-                result.kind,
-                result.id,
-                result.user_id,
-                result.session_id,
-                msg.offset(),
-                msg.key() if fresh else None,
-                value if fresh else None,
+            new_ref(  # EventRef, built without a Python-level call
+                EventRef,
+                (
+                    t_us,
+                    result.kind,
+                    result.id,
+                    result.user_id,
+                    result.session_id,
+                    msg.offset(),
+                    msg.key() if fresh else None,
+                    value if fresh else None,
+                ),
             )
         )
     if messages:

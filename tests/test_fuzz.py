@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from flows.parsing import well_typed
+from flows.parsing import fast_decode
 from flows.partition import PartitionState, process_batch
 from schemas.events import ENVELOPE_ADAPTER
 from tests.test_parsing import COUNTED, JSON_VALUES, TEXT, envelope
@@ -104,25 +105,46 @@ def test_every_message_ends_counted_skipped_or_dead_lettered(
         assert all(row["error"] for row in result.dead)
 
 
+FIELDS = [*envelope().keys(), "timestampUnixNano", "payload.userIds", "unnamedField"]
+
+
+def _agrees_with_the_model(raw: bytes) -> None:
+    try:
+        env = ENVELOPE_ADAPTER.validate_json(raw)
+    except ValidationError:
+        env = None
+    fast = fast_decode(raw)
+    assert (fast is None) == (env is None)
+    if fast is not None and env is not None:
+        assert msgspec.structs.asdict(fast) | {"payload": None} == env.model_dump() | {
+            "payload": None
+        }
+        assert (fast.payload is None) == (env.payload is None)
+        if fast.payload is not None and env.payload is not None:
+            assert msgspec.structs.asdict(fast.payload) == env.payload.model_dump()
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    field=st.sampled_from([*envelope().keys(), "timestampUnixNano", "payload.userIds"]),
-    replacement=JSON_VALUES,
-)
-def test_fast_type_check_agrees_with_the_model(field: str, replacement: Any) -> None:
-    """The orjson fast path accepts exactly what the pydantic Envelope model accepts."""
+@given(field=st.sampled_from(FIELDS), replacement=JSON_VALUES)
+def test_fast_decoder_agrees_with_the_model(field: str, replacement: Any) -> None:
+    """The fast decoder accepts exactly what the pydantic Envelope model accepts, with the
+    same values (the struct is built from the model, so a new field cannot be missed)."""
     doc = envelope()
     if field.startswith("payload."):
         doc["payload"][field.split(".", 1)[1]] = replacement
     else:
         doc[field] = replacement
-    raw = orjson.dumps(doc)
-    try:
-        ENVELOPE_ADAPTER.validate_json(raw)
-        model_ok = True
-    except ValidationError:
-        model_ok = False
-    assert well_typed(orjson.loads(raw)) == model_ok
+    _agrees_with_the_model(orjson.dumps(doc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(at=st.integers(min_value=0), byte=st.integers(min_value=0, max_value=255))
+def test_fast_decoder_agrees_on_damaged_bytes(at: int, byte: int) -> None:
+    """One byte of a valid message replaced by any byte: invalid UTF-8, broken syntax,
+    control characters in strings; the decoder and the model still agree."""
+    raw = bytearray(orjson.dumps(envelope(unnamedField="x")))
+    raw[at % len(raw)] = byte
+    _agrees_with_the_model(bytes(raw))
 
 
 @pytest.mark.parametrize("size_mb", [4])
