@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -76,6 +77,17 @@ def parse_settings(args: argparse.Namespace) -> Settings:
         raise Fail(EXIT_SETTINGS, f"invalid setting {flag}{msg}") from None
 
 
+def fewer_collections() -> None:
+    """Collect cyclic garbage less often during the run.
+
+    The job allocates many short-lived tuples and dicts per event and holds few cycles; at
+    the default thresholds the collector took about a sixth of the per-batch work in
+    measurement. Objects alive at start (modules, schemas) are frozen out of collections.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+
+
 def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     """Run the job once: checks, then the dataflow; returns the run's manifest."""
     from bytewax.recovery import RecoveryConfig
@@ -116,8 +128,10 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
                     "process_id": settings.process_id,
                     "addresses": settings.addresses.split(";"),
                 }
+            flow = build_flow(settings)
+            fewer_collections()
             cli_main(
-                build_flow(settings),
+                flow,
                 workers_per_process=settings.workers,
                 epoch_interval=timedelta(seconds=settings.snapshot_seconds),
                 recovery_config=RecoveryConfig(str(state.recovery)),
