@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -27,8 +28,10 @@ from flows.simulator import SimConfig, generate, produce
 HERE = Path(__file__).resolve().parent
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes, the process and its children) of a command."""
+def measure(cmd: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (bytes) and CPU seconds (user + system) of a command, its
+    children included."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
@@ -42,7 +45,9 @@ def measure(cmd: list[str]) -> tuple[float, int]:
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-2000:]}")
-    return elapsed, peak
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return elapsed, peak, cpu
 
 
 def main() -> int:
@@ -61,7 +66,7 @@ def main() -> int:
     py = sys.executable
     compile_sources()
     work = Path(tempfile.mkdtemp(prefix="party-rates-bench-"))
-    results: dict[str, list[tuple[float, int]]] = {}
+    results: dict[str, list[tuple[float, int, float]]] = {}
     with embedded_broker() as broker:
         topic = "mpv2SessionHistory"
         broker.create_topic(topic, partitions=4)
@@ -96,8 +101,8 @@ def main() -> int:
         }  # fmt: skip
         for i in range(args.repeats):
             for name, cmd in contenders.items():
-                elapsed, peak = measure(cmd(i))
-                results.setdefault(name, []).append((elapsed, peak))
+                elapsed, peak, cpu = measure(cmd(i))
+                results.setdefault(name, []).append((elapsed, peak, cpu))
                 print(f"{name}: {n / elapsed:,.0f} msg/s, {peak / 2**20:.0f} MiB", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
     report = render(n, args.repeats, results)
@@ -139,7 +144,7 @@ def memory_scaling(n: int, write: bool) -> int:
                 py, "-m", "flows.cli", "run", "--brokers", broker.bootstrap, "--topic", topic,
                 "--output", str(d / "out"), "--state", str(d / "state"), "--progress", "off",
             ]  # fmt: skip
-            elapsed, peak = measure(cmd)
+            elapsed, peak, _cpu = measure(cmd)
             rows.append((produced, elapsed, peak))
             print(f"{produced:,} messages: peak RSS {peak / 2**20:.0f} MiB", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
@@ -168,8 +173,8 @@ def memory_scaling(n: int, write: bool) -> int:
     return 0
 
 
-def render(n: int, repeats: int, results: dict[str, list[tuple[float, int]]]) -> str:
-    rate = {k: [n / e for e, _ in v] for k, v in results.items()}
+def render(n: int, repeats: int, results: dict[str, list[tuple[float, int, float]]]) -> str:
+    rate = {k: [n / e for e, _, _ in v] for k, v in results.items()}
     med = {k: statistics.median(v) for k, v in rate.items()}
     lines = [
         "# Benchmark results",
@@ -182,12 +187,16 @@ def render(n: int, repeats: int, results: dict[str, list[tuple[float, int]]]) ->
         f"Machine: {platform.platform()}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
         "",
-        "| contender | median msg/s | min-max msg/s | peak RSS (MiB, max) |",
-        "|---|---:|---:|---:|",
+        "| contender | median msg/s | min-max msg/s | CPU µs per message (median) "
+        "| peak RSS (MiB, max) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for k, v in rate.items():
-        peak = max(p for _, p in results[k]) / 2**20
-        lines.append(f"| {k} | {med[k]:,.0f} | {min(v):,.0f}-{max(v):,.0f} | {peak:.0f} |")
+        peak = max(p for _, p, _ in results[k]) / 2**20
+        cpu_us = statistics.median(c for _, _, c in results[k]) / n * 1e6
+        lines.append(
+            f"| {k} | {med[k]:,.0f} | {min(v):,.0f}-{max(v):,.0f} | {cpu_us:.1f} | {peak:.0f} |"
+        )
     job = med["party-rates run (1 worker)"]
     naive = med["naive Bytewax flow (KafkaSource, json, EventClock)"]
     lines += [
@@ -200,7 +209,8 @@ def render(n: int, repeats: int, results: dict[str, list[tuple[float, int]]]) ->
         "",
         "The job's time is the whole run (start-up, partition checks, consume, validate, "
         "window, match disconnect outcomes, write Parquet and the manifest); the others only "
-        "consume and count in memory.",
+        "consume and count in memory. CPU time is user + system of the contender's processes "
+        "(not the broker's): on this machine the broker shares the same cores.",
         "",
         "Where the time goes: [PROFILE.md](PROFILE.md) (`make profile`). Memory over 1x and "
         "4x the input: [MEMORY.md](MEMORY.md) (`make bench BENCH_ARGS=--memory-scaling`). "
