@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 Row = dict[str, Any]
@@ -27,6 +28,21 @@ class Chunk(NamedTuple):
     partition: int
     next_offset: int
     events: list[EventRef]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Chunks cross processes to their namespace's worker. Pickled as they are, each
+        # EventRef costs Python-level calls; as plain tuples the pickler does it all in C.
+        plain = list(map(tuple, self.events))
+        return (_chunk, (self.namespace, self.partition, self.next_offset, plain))
+
+
+def _chunk(
+    namespace: str, partition: int, next_offset: int, events: list[tuple[Any, ...]]
+) -> Chunk:
+    return Chunk(namespace, partition, next_offset, list(map(_event_ref, events)))
+
+
+_event_ref = partial(tuple.__new__, EventRef)
 
 
 class Progress(NamedTuple):

@@ -348,3 +348,15 @@ def test_window_end_is_start_plus_window(window_us: int) -> None:
     ns.on_chunk(chunk([ev(T0 + 1)]))
     (row,) = rows(ns.provisional())
     assert row["window_end"] == to_datetime(T0 + window_us)
+
+
+def test_chunk_crosses_processes_as_plain_tuples() -> None:
+    """A pickled chunk comes back equal, its events EventRefs again, but they travel as plain
+    tuples: no per-event reference to the EventRef class in the bytes."""
+    sent = chunk([ev(T0, eid="a", offset=1), ev(T0 + 1, REJOINED, "b", None, None, offset=2)])
+    raw = pickle.dumps(sent)
+    back = pickle.loads(raw)
+    assert back == sent
+    assert all(type(e) is EventRef for e in back.events)
+    assert back.events[1].user_id is None
+    assert b"EventRef" not in raw
