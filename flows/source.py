@@ -281,20 +281,22 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             raise StopIteration
         end = self.end_offset
         msgs = [] if self._finished() else self.consumer.consume(self.source.batch_size, 0)
-        good = []
+        good = [msg for msg in msgs if msg.error() is None]
         caught_up = reached_end = False
-        for msg in msgs:
-            err = msg.error()
-            if err is None:
-                if end is not None and msg.offset() >= end:
-                    reached_end = True  # produced after the run started: the next run's
+        if len(good) != len(msgs):  # events: end of partition reached, or client errors
+            for msg in msgs:
+                err = msg.error()
+                if err is None:
                     continue
-                good.append(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                caught_up = True
-                reached_end = reached_end or (end is not None and msg.offset() >= end)
-            else:
-                self.errors.record(err)
+                if err.code() == KafkaError._PARTITION_EOF:
+                    caught_up = True
+                    reached_end = reached_end or (end is not None and msg.offset() >= end)
+                else:
+                    self.errors.record(err)
+        if end is not None and good and good[-1].offset() >= end:
+            reached_end = True  # what was produced after the run started is the next run's
+            while good and good[-1].offset() >= end:  # offsets grow within a partition
+                good.pop()
         if good or caught_up:
             self.errors.progressed()
         elif self.errors.since is not None and (
