@@ -111,8 +111,15 @@ def fast_struct(model: type[BaseModel]) -> type[msgspec.Struct]:
 _decode = msgspec.json.Decoder(fast_struct(Envelope)).decode
 
 
+_MAX_OPENERS = 128
+"""More ``[``/``{`` than this and the model decides: it refuses JSON nested deeper than about
+200 levels, which the struct decoder would accept (nesting depth <= the number of openers)."""
+
+
 def fast_decode(value: bytes) -> Any | None:
     """The message decoded into the Envelope's fast struct, or None if it does not decode."""
+    if value.count(b"{") + value.count(b"[") > _MAX_OPENERS:
+        return None
     try:
         if not value.isascii():
             value.decode()  # the decoder skips unnamed fields without checking their UTF-8
@@ -135,7 +142,7 @@ def _validate_slowly(value: bytes) -> Event | str | None:
 
 
 _MAX_REMEMBERED = 4096
-_usable_namespaces: set[str] = set()
+_usable_namespaces: set[str] = set()  # namespaces already checked and usable (bounded)
 _new_event = tuple.__new__
 
 
