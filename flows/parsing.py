@@ -16,7 +16,7 @@ import msgspec
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from flows.eventtime import MAX_EVENT_US, MIN_EVENT_US, EventTimeError, event_time_us
+from flows.eventtime import EventTimeError, event_time_us
 from flows.paths import MAX_SEGMENT_BYTES, fits_in_path
 from schemas.events import ENVELOPE_ADAPTER, KIND_OF_NAME, Envelope
 
@@ -24,7 +24,6 @@ NAMES_COUNTED = re.compile(rb'"Party(?:Disconnected|Rejoined|Dropped|Rejected)Ev
 """A counted name as a JSON string anywhere in the bytes: the cheap pre-filter."""
 
 _WS = b" \t\r\n"
-MIN_EVENT_NS, MAX_EVENT_NS = MIN_EVENT_US * 1000, MAX_EVENT_US * 1000
 
 
 class Event(NamedTuple):
@@ -141,11 +140,6 @@ def _validate_slowly(value: bytes) -> Event | str | None:
     )  # fmt: skip
 
 
-_MAX_REMEMBERED = 4096
-_usable_namespaces: set[str] = set()  # namespaces already checked and usable (bounded)
-_new_event = tuple.__new__
-
-
 def _event(
     name: str,
     namespace: str,
@@ -155,23 +149,17 @@ def _event(
     user_id: str | None,
     session_id: str | None,
 ) -> Event | str:
-    if namespace not in _usable_namespaces:
-        if not namespace:
-            return "no namespace: field 'namespace' is empty"
-        if not fits_in_path(namespace):
-            return f"namespace too long: more than {MAX_SEGMENT_BYTES} bytes encoded for a path"
-        if len(_usable_namespaces) < _MAX_REMEMBERED:
-            _usable_namespaces.add(namespace)
+    if not namespace:
+        return "no namespace: field 'namespace' is empty"
+    if not fits_in_path(namespace):
+        return f"namespace too long: more than {MAX_SEGMENT_BYTES} bytes once encoded for a path"
     if not event_id:
         return "no event id: field 'id' is empty"
-    if unix_nano is not None and MIN_EVENT_NS <= unix_nano < MAX_EVENT_NS:
-        t_us = unix_nano // 1000  # the common case without a call
-    else:
-        try:
-            t_us = event_time_us(timestamp, unix_nano)
-        except EventTimeError as err:
-            return f"no usable event time: {err}"
-    return _new_event(Event, (t_us, KIND_OF_NAME[name], event_id, namespace, user_id, session_id))
+    try:
+        t_us = event_time_us(timestamp, unix_nano)
+    except EventTimeError as err:
+        return f"no usable event time: {err}"
+    return Event(t_us, KIND_OF_NAME[name], event_id, namespace, user_id, session_id)
 
 
 def _explain(value: bytes, err: ValidationError) -> str | None:
