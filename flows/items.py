@@ -39,10 +39,11 @@ class Chunk(NamedTuple):
 def _chunk(
     namespace: str, partition: int, next_offset: int, events: list[tuple[Any, ...]]
 ) -> Chunk:
-    return Chunk(namespace, partition, next_offset, list(map(_event_ref, events)))
+    return Chunk(namespace, partition, next_offset, list(map(event_ref, events)))
 
 
-_event_ref = partial(tuple.__new__, EventRef)
+event_ref = partial(tuple.__new__, EventRef)
+"""An EventRef from a plain tuple of its fields, without a Python-level call (hot path)."""
 
 
 class Progress(NamedTuple):

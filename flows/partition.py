@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Protocol
 
 from flows.eventtime import to_datetime
-from flows.items import BatchResult, BatchStats, Chunk, Counts, EventRef, Progress, Row
+from flows.items import BatchResult, BatchStats, Chunk, Counts, Progress, Row, event_ref
 from flows.parsing import NAMES_COUNTED, Event, classify, looks_like_object, parse_candidate
 from schemas.events import COUNTED_NAMES
 
@@ -106,7 +106,6 @@ def process_batch(
     dedup = state.dedup
     seen_ids = dedup.ids
     mentions_counted = NAMES_COUNTED.search
-    new_ref = tuple.__new__
     for msg in messages:
         value = msg.value()
         # The skip path inline: most of the topic is other event kinds.
@@ -141,8 +140,7 @@ def process_batch(
         if chunk is None:
             chunk = chunks[ns] = Chunk(ns, partition, 0, [])
         chunk.events.append(
-            new_ref(  # EventRef, built without a Python-level call
-                EventRef,
+            event_ref(
                 (
                     t_us,
                     result.kind,
@@ -152,7 +150,7 @@ def process_batch(
                     msg.offset(),
                     msg.key() if fresh else None,
                     value if fresh else None,
-                ),
+                )
             )
         )
     if messages:
