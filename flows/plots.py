@@ -361,24 +361,19 @@ def plot_cohort_vs_window(
         for ax, ns in zip(lines, namespaces, strict=True):
             rows_ns = series[series["namespace"] == ns]
             marker = "o" if len(rows_ns) <= 60 else None
-            ax.plot(
-                rows_ns["bucket"],
-                rows_ns["drop_ratio"],
-                color=_WINDOW_COLOR,
-                marker=marker,
-                markersize=3.5,
-                linewidth=1.4,
-                label=WINDOW_RATIO,
-            )
-            ax.plot(
-                rows_ns["bucket"],
-                rows_ns["cohort_drop_ratio"],
-                color=_COHORT_COLOR,
-                marker=marker,
-                markersize=3.5,
-                linewidth=1.6,
-                label=COHORT_RATIO,
-            )
+            for column, color, width, legend in (
+                ("drop_ratio", _WINDOW_COLOR, 1.4, WINDOW_RATIO),
+                ("cohort_drop_ratio", _COHORT_COLOR, 1.6, COHORT_RATIO),
+            ):
+                ax.plot(
+                    rows_ns["bucket"],
+                    rows_ns[column],
+                    color=color,
+                    marker=marker,
+                    markersize=3.5,
+                    linewidth=width,
+                    label=legend,
+                )
             ax.set_title(str(ns), loc="left", fontsize=9)
             ax.set_ylabel("drop ratio", fontsize=8)
             ax.grid(True, alpha=0.3)
