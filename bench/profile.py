@@ -15,8 +15,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flows.broker import embedded_broker
-from flows.simulator import SimConfig, generate, produce
+from flows.tooling.broker import embedded_broker
+from flows.tooling.simulator import SimConfig, generate, produce
 
 HERE = Path(__file__).resolve().parent
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from flows.broker import embedded_broker
-from flows.simulator import SimConfig, generate, produce
+from flows.tooling.broker import embedded_broker
+from flows.tooling.simulator import SimConfig, generate, produce
 
 HERE = Path(__file__).resolve().parent
 

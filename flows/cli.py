@@ -93,10 +93,10 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
+    from flows.edges.source import SourceError, list_partitions
+    from flows.edges.statedir import StateDir, StateError
+    from flows.edges.storage import Storage, StorageError
     from flows.party_rates import build_flow
-    from flows.source import SourceError, list_partitions
-    from flows.statedir import StateDir, StateError
-    from flows.storage import Storage, StorageError
 
     state = StateDir(settings.state)
     storage = Storage.for_settings(settings)
@@ -169,7 +169,7 @@ def check_kafka_settings(settings: Settings) -> None:
     """Refuse librdkafka settings the client itself rejects, before anything starts."""
     from confluent_kafka import Consumer, KafkaException
 
-    from flows.source import quiet
+    from flows.edges.source import quiet
 
     config = settings.kafka_base_config()
     try:
@@ -198,8 +198,8 @@ def summary(manifest: dict[str, Any]) -> str:
 
 def run_local_cluster(settings: Settings, argv: list[str]) -> int:
     """``--processes N``: N processes of one Bytewax cluster on loopback, like ``-i/-a``."""
-    from flows.broker import free_port
-    from flows.statedir import StateDir, StateError
+    from flows.edges.statedir import StateDir, StateError
+    from flows.tooling.broker import free_port
 
     try:
         StateDir(settings.state).prepare(settings)
@@ -254,8 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.analysis import load_disconnect_outcomes, load_party_rates, worst_namespaces
-    from flows.broker import embedded_broker
-    from flows.simulator import SimConfig, generate, produce
+    from flows.tooling.broker import embedded_broker
+    from flows.tooling.simulator import SimConfig, generate, produce
 
     base = Path(args.dir)
     output, state = base / "output", base / "state"
@@ -298,7 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from flows.report import render_report, save_main_plot
+    from flows.analysis.report import render_report, save_main_plot
 
     output = Path(args.output)
     if not (output / "party_rates").exists():

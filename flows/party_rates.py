@@ -14,14 +14,14 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 
-from flows.items import BatchResult, FlushTick, Tick
-from flows.logic import ClockLogic, WindowsLogic
-from flows.manifest import ManifestSink
+from flows.core.items import BatchResult, FlushTick, Tick
+from flows.core.windows import Output
+from flows.edges.manifest import ManifestSink
+from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
+from flows.edges.source import TopicSource
+from flows.edges.storage import Storage
 from flows.settings import Settings
-from flows.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
-from flows.source import TopicSource
-from flows.storage import Storage
-from flows.windows import Output
+from flows.steps import ClockLogic, WindowsLogic
 
 CLOCK = "clock"
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flows.eventtime import parse_duration_us
+from flows.core.eventtime import parse_duration_us
 
 SECRET_WORDS = ("password", "secret", "pem", "token", "credential", "jaas")
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.broker import EmbeddedBroker
+from flows.tooling.broker import EmbeddedBroker
 
 
 class BrokerHandle:
@@ -19,7 +19,7 @@ class BrokerHandle:
     def new_topic(self, partitions: int = 4) -> str:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        from flows.broker import RETENTION
+        from flows.tooling.broker import RETENTION
 
         name = f"t-{uuid.uuid4().hex[:10]}.mpv2SessionHistory"
         admin = AdminClient({"bootstrap.servers": self.bootstrap})

@@ -16,8 +16,8 @@ import pandas as pd
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from flows.analysis import load_disconnect_outcomes, load_party_rates
-from flows.parsing import Event, classify
-from flows.windows import WindowAgg
+from flows.core.parsing import Event, classify
+from flows.core.windows import WindowAgg
 from schemas.events import DISCONNECTED, DROPPED, REJOINED
 
 REPO = Path(__file__).resolve().parent.parent

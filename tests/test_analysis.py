@@ -18,9 +18,10 @@ import pytest
 from matplotlib.image import AxesImage
 from matplotlib.patches import PathPatch, Rectangle
 
-from flows import analysis, plots
-from flows.dictionary import MANIFEST_FIELDS, UNITS, render_data_dictionary
-from flows.report import render_report, save_main_plot
+from flows import analysis
+from flows.analysis import plots
+from flows.analysis.dictionary import MANIFEST_FIELDS, UNITS, render_data_dictionary
+from flows.analysis.report import render_report, save_main_plot
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
@@ -618,7 +619,7 @@ def test_importing_the_helpers_leaves_the_backend_alone() -> None:
     code = (
         "import matplotlib\n"
         "before = dict.__getitem__(matplotlib.rcParams, 'backend')\n"
-        "import flows.analysis, flows.plots, flows.report\n"
+        "import flows.analysis, flows.analysis.plots, flows.analysis.report\n"
         "import sys\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
         "assert dict.__getitem__(matplotlib.rcParams, 'backend') is before\n"
@@ -713,7 +714,7 @@ def test_report_shows_cohort_ratio_and_rejoin_times(tmp_path: Path) -> None:
 def test_data_dictionary_is_up_to_date() -> None:
     committed = (REPO / "docs" / "data_dictionary.md").read_text(encoding="utf-8")
     assert committed == render_data_dictionary(), (
-        "docs/data_dictionary.md is out of date: python -m flows.dictionary > "
+        "docs/data_dictionary.md is out of date: python -m flows.analysis.dictionary > "
         "docs/data_dictionary.md"
     )
 
@@ -742,6 +743,9 @@ def test_data_dictionary_covers_every_column_and_manifest_field() -> None:
 
 def test_dictionary_module_prints_it() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "flows.dictionary"], capture_output=True, cwd=REPO, check=True
+        [sys.executable, "-m", "flows.analysis.dictionary"],
+        capture_output=True,
+        cwd=REPO,
+        check=True,
     )
     assert result.stdout.decode("utf-8") == render_data_dictionary()

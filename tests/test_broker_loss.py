@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.broker import EmbeddedBroker, free_port
-from flows.simulator import SimConfig, generate, produce
+from flows.tooling.broker import EmbeddedBroker, free_port
+from flows.tooling.simulator import SimConfig, generate, produce
 from tests.helpers import assert_same_rows, job_rows, run_job, start_slow_run
 from tests.tcpproxy import Proxy
 from tests.test_crash import _log_rows

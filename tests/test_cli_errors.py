@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from flows.broker import free_port
-from flows.statedir import StateDir, StateError
+from flows.edges.statedir import STATE_FORMAT, StateDir, StateError, state_meta
+from flows.settings import Settings
+from flows.tooling.broker import free_port
 from tests.helpers import run_cli, run_job
 
 
@@ -137,12 +139,17 @@ def test_kafka_setting_the_client_rejects(tmp_path: Path) -> None:
     [
         ('{"format": 0, "topic": "t"}', "format"),
         (None, "not made by this version"),
+        # the previous version's state, made with these very settings: its classes moved
+        ("previous", f"has format {STATE_FORMAT - 1}, this version uses {STATE_FORMAT}"),
     ],
 )
 def test_state_from_another_version_is_refused(tmp_path: Path, meta: str | None, word: str) -> None:
     state = tmp_path / "s"
     (state / "recovery").mkdir(parents=True)
     (state / "recovery" / "part-0.sqlite3").write_bytes(b"old")
+    if meta == "previous":
+        settings = Settings(output=str(tmp_path / "o"), state=str(state))
+        meta = json.dumps(state_meta(settings) | {"format": STATE_FORMAT - 1})
     if meta is not None:
         (state / "party_rates_state.json").write_text(meta)
     result = run_cli("run", "--output", str(tmp_path / "o"), "--state", str(state))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
-from flows.simulator import SimConfig, generate, produce
+from flows.tooling.simulator import SimConfig, generate, produce
 from tests.helpers import CLI, REPO, assert_same_rows, job_rows, run_job, start_slow_run
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.eventtime import (
+from flows.core.eventtime import (
     EPOCH,
     MAX_EVENT_US,
     MIN_EVENT_US,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.simulator import SimConfig, generate, produce
+from flows.tooling.simulator import SimConfig, generate, produce
 from tests.helpers import (
     CLI,
     REPO,

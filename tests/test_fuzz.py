@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from flows.parsing import Event, fast_decode
-from flows.partition import PartitionState, process_batch
+from flows.core.parsing import Event, fast_decode
+from flows.core.partition import PartitionState, process_batch
 from schemas.events import ENVELOPE_ADAPTER, Envelope
 from tests.test_parsing import COUNTED, JSON_VALUES, TEXT, classify_checked, envelope
 

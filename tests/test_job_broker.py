@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
-from flows.simulator import SimConfig, chunks, envelope, generate, produce
+from flows.tooling.simulator import SimConfig, chunks, envelope, generate, produce
 from tests.helpers import (
     assert_same_rows,
     job_outcomes,

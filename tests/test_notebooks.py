@@ -16,7 +16,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from flows.analysis import load_disconnect_outcomes, load_party_rates
-from flows.simulator import SimConfig, generate, produce
+from flows.tooling.simulator import SimConfig, generate, produce
 from tests.helpers import REPO, run_cli, run_job
 
 NOTEBOOK = REPO / "notebooks" / "party_health.ipynb"

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.outcomes import OutcomeMatcher, percentile
+from flows.core.outcomes import OutcomeMatcher, percentile
 from schemas.events import DISCONNECTED, DROPPED, REJECTED, REJOINED
 
 S = 1_000_000
@@ -113,7 +113,7 @@ def test_rows_are_final_only_an_outcome_horizon_after_the_window() -> None:
 
 
 def m_start(t: int) -> object:
-    from flows.eventtime import to_datetime
+    from flows.core.eventtime import to_datetime
 
     return to_datetime(t - t % W)
 

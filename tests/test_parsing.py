@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.eventtime import US_PER_S, parse_rfc3339_us
-from flows.parsing import NAMES_COUNTED, Event, classify
+from flows.core.eventtime import US_PER_S, parse_rfc3339_us
+from flows.core.parsing import NAMES_COUNTED, Event, classify
 from schemas.events import COUNTED_NAMES, KIND_OF_NAME
 
 T_US = parse_rfc3339_us("2024-05-01T12:34:56Z")
@@ -353,7 +353,7 @@ def test_never_raises_on_near_valid_envelopes(
 
 
 def test_namespace_too_long_for_a_path_is_a_dead_letter() -> None:
-    from flows.paths import MAX_SEGMENT_BYTES, hive_segment
+    from flows.core.paths import MAX_SEGMENT_BYTES, hive_segment
 
     long_ns = "名" * 30  # 30 characters, 270 bytes once percent-encoded
     assert len(hive_segment("namespace", long_ns)) > MAX_SEGMENT_BYTES

@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from flows.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
-from flows.items import BatchResult, Chunk, Counts, EventRef, Progress
-from flows.partition import DedupMemory, PartitionState, process_batch
+from flows.core.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
+from flows.core.items import BatchResult, Chunk, Counts, EventRef, Progress
+from flows.core.partition import DedupMemory, PartitionState, process_batch
 from schemas.events import DISCONNECTED, DROPPED, REJECTED, REJOINED
 
 T0 = parse_rfc3339_us("2024-05-01T12:00:00Z")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.analysis import load_party_rates
-from flows.simulator import SimConfig, generate, produce
+from flows.tooling.simulator import SimConfig, generate, produce
 from schemas.output import RATES_FILE_SCHEMA
 from tests.helpers import run_job
 

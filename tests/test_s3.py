@@ -19,8 +19,8 @@ from flows.analysis import (
     load_manifests,
     load_party_rates,
 )
-from flows.simulator import SimConfig, chunks, generate, produce
-from flows.storage import S3Target, Storage, StorageError
+from flows.edges.storage import S3Target, Storage, StorageError
+from flows.tooling.simulator import SimConfig, chunks, generate, produce
 from tests.helpers import _normalise, assert_same_rows, job_rows, run_cli, run_job
 from tests.s3server import S3Server, seaweedfs_s3
 from tests.test_cli_errors import _one_clear_line
@@ -125,7 +125,7 @@ def test_wrong_secret_key_is_one_clear_line(broker, s3: S3Server, tmp_path: Path
 
 
 def test_unreachable_endpoint_is_one_clear_line(broker, s3: S3Server, tmp_path: Path) -> None:
-    from flows.broker import free_port
+    from flows.tooling.broker import free_port
 
     topic = broker.new_topic(partitions=1)
     dead = S3Server(f"http://127.0.0.1:{free_port()}", s3.access_key, s3.secret_key, s3.bucket)

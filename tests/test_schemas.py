@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 import schemas.output
-from flows.parsing import Event, classify
+from flows.core.parsing import Event, classify
 from schemas.events import COUNTED_NAMES, EVENT_MODELS, KIND_OF_NAME, Envelope, Payload
 
 SPEC_NAME = "000_e00deed08f4f532b.txt"

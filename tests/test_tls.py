@@ -26,8 +26,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.broker import RETENTION, EmbeddedBroker, free_port
-from flows.simulator import SimConfig, generate, produce
+from flows.tooling.broker import RETENTION, EmbeddedBroker, free_port
+from flows.tooling.simulator import SimConfig, generate, produce
 from tests.helpers import assert_same_rows, job_rows, reference_rows, run_cli, run_job
 from tests.test_cli_errors import _one_clear_line
 

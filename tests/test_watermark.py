@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pickle
 
-from flows.eventtime import US_PER_S, parse_rfc3339_us
-from flows.items import Progress, Tick
-from flows.watermark import Clock
+from flows.core.eventtime import US_PER_S, parse_rfc3339_us
+from flows.core.items import Progress, Tick
+from flows.core.watermark import Clock
 
 MIN = 60 * US_PER_S
 W = 5 * MIN

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
-from flows.items import Chunk, EventRef, Tick
-from flows.windows import NamespaceWindows, WindowAgg
+from flows.core.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
+from flows.core.items import Chunk, EventRef, Tick
+from flows.core.windows import NamespaceWindows, WindowAgg
 from schemas.events import COUNTED_NAMES, DISCONNECTED, DROPPED, REJECTED, REJOINED
 from schemas.output import RATES_SCHEMA
 

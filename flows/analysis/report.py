@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from flows import analysis, plots
+from flows import analysis
+from flows.analysis import plots
 
 TOP_RANKED = 15
 TOP_SERIES = 5

@@ -16,8 +16,8 @@ import msgspec
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from flows.eventtime import EventTimeError, event_time_us
-from flows.paths import MAX_SEGMENT_BYTES, fits_in_path
+from flows.core.eventtime import EventTimeError, event_time_us
+from flows.core.paths import MAX_SEGMENT_BYTES, fits_in_path
 from schemas.events import ENVELOPE_ADAPTER, KIND_OF_NAME, Envelope
 
 NAMES_COUNTED = re.compile(rb'"Party(?:Disconnected|Rejoined|Dropped|Rejected)Event"')
@@ -151,6 +151,8 @@ def _event(
 ) -> Event | str:
     if not namespace:
         return "no namespace: field 'namespace' is empty"
+    # Every dataset is partitioned by namespace: one that cannot be a directory name could
+    # never be written, so it is refused here, with its offset, rather than failing a write.
     if not fits_in_path(namespace):
         return f"namespace too long: more than {MAX_SEGMENT_BYTES} bytes once encoded for a path"
     if not event_id:

@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from flows.items import BatchStats, Counts
-from flows.storage import Storage
+from flows.core.items import BatchStats, Counts
+from flows.edges.storage import Storage
 
 RunState = dict[str, dict[str, Any]]  # run_id -> accumulated manifest
 

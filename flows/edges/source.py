@@ -2,7 +2,7 @@
 
 Each Kafka partition is a Bytewax input partition, so a cluster spreads partitions over its
 workers. A batch is read with one ``consume()`` call and handed to
-:func:`flows.partition.process_batch`, which skips, parses, drops late events and
+:func:`flows.core.partition.process_batch`, which skips, parses, drops late events and
 deduplicates in one pass; the resumable state (read position, event-time progress, recent
 ids) is snapshotted with the rest of the dataflow.
 
@@ -23,8 +23,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from flows.items import BatchResult
-from flows.partition import PartitionState, process_batch
+from flows.core.items import BatchResult
+from flows.core.partition import PartitionState, process_batch
 from flows.settings import Settings
 
 FLUSH_TICK_S = 1.0

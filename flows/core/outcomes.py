@@ -17,8 +17,8 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from flows.eventtime import US_PER_S, window_columns
-from flows.items import Row
+from flows.core.eventtime import US_PER_S, window_columns
+from flows.core.items import Row
 from schemas.events import DISCONNECTED, DROPPED, REJOINED
 
 _RANK = {DISCONNECTED: 0, REJOINED: 1, DROPPED: 1}  # at equal times a disconnect comes first

@@ -18,9 +18,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from flows.eventtime import to_datetime
-from flows.items import BatchResult, BatchStats, Chunk, Counts, Progress, Row, event_ref
-from flows.parsing import NAMES_COUNTED, Event, classify, looks_like_object, parse_candidate
+from flows.core.eventtime import to_datetime
+from flows.core.items import BatchResult, BatchStats, Chunk, Counts, Progress, Row, event_ref
+from flows.core.parsing import NAMES_COUNTED, Event, classify, looks_like_object, parse_candidate
 from schemas.events import COUNTED_NAMES
 
 
@@ -101,7 +101,7 @@ def process_batch(
     counted = 0
     max_t = state.max_t_us
     # Raw bytes ride along only while the partition has no event time yet: only then can
-    # an on-time event meet a window already final (see flows.watermark).
+    # an on-time event meet a window already final (see flows.core.watermark).
     fresh = max_t is None
     dedup = state.dedup
     seen_ids = dedup.ids

@@ -26,8 +26,8 @@ from zlib import adler32
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from flows.items import FlushTick, Row
-from flows.storage import Storage, hive_segment
+from flows.core.items import FlushTick, Row
+from flows.edges.storage import Storage, hive_segment
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,

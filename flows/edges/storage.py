@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import SecretStr
 
-from flows.paths import hive_segment
+from flows.core.paths import hive_segment
 from flows.settings import Settings
 
 __all__ = ["S3Target", "Storage", "StorageError", "hive_segment"]

@@ -18,7 +18,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from flows.analysis import (
+from flows.analysis.loaders import (
     cohort_summary,
     cohort_vs_window,
     drop_ratio_by_hour,

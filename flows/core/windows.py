@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.eventtime import US_PER_S, to_datetime, window_columns
-from flows.items import Chunk, EventRef, Row, Tick
-from flows.outcomes import OutcomeMatcher
+from flows.core.eventtime import US_PER_S, to_datetime, window_columns
+from flows.core.items import Chunk, EventRef, Row, Tick
+from flows.core.outcomes import OutcomeMatcher
 from schemas.events import COUNTED_NAMES, DISCONNECTED, DROPPED, REJECTED, REJOINED
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.items import Progress, Tick
+from flows.core.items import Progress, Tick
 
 
 class _NsTrack:

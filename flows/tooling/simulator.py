@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 from confluent_kafka import Producer
 
-from flows.eventtime import US_PER_S
+from flows.core.eventtime import US_PER_S
 
 OTHER_NAMES = (
     "PartyCreatedEvent", "PartyJoinedEvent", "PartyLeaveEvent", "PartyInvitedEvent",

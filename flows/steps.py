@@ -6,9 +6,9 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
-from flows.items import Chunk, Progress
-from flows.watermark import Clock
-from flows.windows import NamespaceWindows, Output
+from flows.core.items import Chunk, Progress
+from flows.core.watermark import Clock
+from flows.core.windows import NamespaceWindows, Output
 
 
 class ClockLogic(StatefulBatchLogic[Progress, Any, Any]):

@@ -1,4 +1,8 @@
-"""Hive partition path segments: how a namespace string becomes a safe directory name."""
+"""Hive partition path segments: how a namespace string becomes a safe directory name.
+
+A pure rule shared by parsing (a namespace that cannot be a directory name is a dead letter)
+and the sinks (which write the directories).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The data dictionary, generated from the output schemas.
 
-``python -m flows.dictionary`` prints it; ``docs/data_dictionary.md`` is this text, and a
+``python -m flows.analysis.dictionary`` prints it; ``docs/data_dictionary.md`` is this text, and a
 test fails when the two differ, so the schemas and the dictionary always agree. Column
 meanings come from each field's ``description`` metadata (the same text is in the Parquet
 files); units and null rules are kept here, next to the manifest fields.
@@ -207,7 +207,7 @@ def render_data_dictionary() -> str:
     partition_columns = tuple(f.name for f in RATES_PARTITION_SCHEMA)
     sections = [
         "# party-rates data dictionary",
-        "<!-- Generated from schemas/output.py by `python -m flows.dictionary`; "
+        "<!-- Generated from schemas/output.py by `python -m flows.analysis.dictionary`; "
         "do not edit by hand. -->",
         "Everything the job writes under its `--output` directory. Types are Arrow types as "
         "stored in Parquet; timestamps are UTC with microsecond precision. The meaning column "

@@ -28,6 +28,38 @@ from schemas.output import (
     RATES_SCHEMA,
 )
 
+__all__ = [
+    "COUNT_COLUMNS",
+    "DEFAULT_OUTCOME_HORIZON",
+    "MANIFEST_COUNTS",
+    "Z_95",
+    "TimeLike",
+    "cohort_summary",
+    "cohort_vs_window",
+    "dead_letter_reasons",
+    "drop_ratio_by_hour",
+    "error_reason",
+    "filter_dates",
+    "late_events_over_time",
+    "load_dead_letters",
+    "load_disconnect_outcomes",
+    "load_late_events",
+    "load_manifests",
+    "load_party_rates",
+    "load_party_rates_table",
+    "namespace_series",
+    "outcome_horizon",
+    "overview",
+    "rank_namespaces",
+    "rejoin_time_summary",
+    "rejoin_time_windows",
+    "runs_frame",
+    "utc_timestamp",
+    "wilson_interval",
+    "window_length",
+    "worst_namespaces",
+]
+
 Z_95 = 1.959963984540054
 """Two-sided 95% standard normal quantile."""
 
@@ -105,21 +137,18 @@ def load_dead_letters(
 def load_manifests(
     output: str | Path, filesystem: pafs.FileSystem | None = None
 ) -> list[dict[str, Any]]:
+    """Every run's manifest, oldest first (by start time: run ids sort by second only)."""
+    manifests = []
     if filesystem is not None:
         selector = pafs.FileSelector(str(_under(output, "_runs", filesystem)), allow_not_found=True)
-        infos = sorted(
-            (i for i in filesystem.get_file_info(selector) if i.path.endswith(".json")),
-            key=lambda i: i.path,
-        )
-        manifests = []
-        for info in infos:
-            with filesystem.open_input_stream(info.path) as f:
-                manifests.append(json.loads(f.read()))
-        return manifests
-    runs = Path(output) / "_runs"
-    if not runs.exists():
-        return []
-    return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+        for info in filesystem.get_file_info(selector):
+            if info.path.endswith(".json"):
+                with filesystem.open_input_stream(info.path) as f:
+                    manifests.append(json.loads(f.read()))
+    else:
+        runs = Path(output) / "_runs"
+        manifests = [json.loads(p.read_text()) for p in runs.glob("*.json")]
+    return sorted(manifests, key=lambda m: (m["started_at"], m["run_id"]))
 
 
 def worst_namespaces(rates: pd.DataFrame, top: int = 10, min_disconnects: int = 20) -> pd.DataFrame:

@@ -1,0 +1,5 @@
+"""Demo and test tooling: the simulated session-history topic and the embedded broker.
+
+Used by ``party-rates demo``, the tests and the benchmark; the job never imports it. May
+import ``flows.core`` and confluent-kafka.
+"""

@@ -1,0 +1,216 @@
+"""The tree's architecture as rules: which part may import which, and the built wheel."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+FLOWS = REPO / "flows"
+PIP = [sys.executable, "-m", "pip"]
+
+FORBIDDEN = {
+    # part: modules it must not import, at module level or inside functions
+    "flows.core": (
+        "bytewax", "confluent_kafka", "pyarrow", "pandas", "matplotlib", "flows.edges",
+        "flows.analysis", "flows.tooling", "flows.party_rates", "flows.steps", "flows.cli",
+        "flows.settings",
+    ),
+    "flows.edges": ("pandas", "matplotlib", "flows.analysis", "flows.tooling", "flows.cli"),
+    "flows.analysis": ("bytewax", "confluent_kafka", "flows.edges", "flows.steps", "flows.cli"),
+    "flows.tooling": ("bytewax", "pandas", "matplotlib", "flows.edges", "flows.analysis"),
+    "flows.party_rates": ("pandas", "matplotlib", "flows.analysis", "flows.tooling"),
+    "flows.steps": ("pandas", "matplotlib", "flows.analysis", "flows.tooling"),
+    "flows.settings": ("pandas", "matplotlib", "flows.analysis", "flows.tooling", "flows.edges"),
+}  # fmt: skip
+MODULE_LEVEL_FORBIDDEN = {
+    # the CLI's demo and report commands import these inside their own functions
+    "flows.cli": ("pandas", "matplotlib", "flows.analysis", "flows.tooling"),
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def _imports(tree: ast.Module, module_level_only: bool) -> list[tuple[int, str]]:
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    if module_level_only:  # imports under a module-level if/try count as module level
+        nodes = [n for top in tree.body for n in ast.walk(top) if not _in_function(top, n)]
+    out = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out += [(node.lineno, node.module)]
+            out += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return out
+
+
+def _in_function(top: ast.AST, node: ast.AST) -> bool:
+    if isinstance(top, ast.FunctionDef | ast.AsyncFunctionDef):
+        return True
+    if isinstance(top, ast.ClassDef):
+        return any(
+            node in ast.walk(f)
+            for f in top.body
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+        )
+    return False
+
+
+def _violations(rules: dict[str, tuple[str, ...]], module_level_only: bool) -> list[str]:
+    found = []
+    for path in sorted(FLOWS.rglob("*.py")):
+        name = _module_name(path)
+        for part, banned in rules.items():
+            if name != part and not name.startswith(part + "."):
+                continue
+            tree = ast.parse(path.read_text(), str(path))
+            for line, imported in _imports(tree, module_level_only):
+                for ban in banned:
+                    if imported == ban or imported.startswith(ban + "."):
+                        found.append(f"{path.relative_to(REPO)}:{line} imports {imported}")
+    return sorted(set(found))
+
+
+def test_each_part_imports_only_what_its_docstring_allows() -> None:
+    assert _violations(FORBIDDEN, module_level_only=False) == []
+    assert _violations(MODULE_LEVEL_FORBIDDEN, module_level_only=True) == []
+
+
+def test_the_rules_cover_every_module() -> None:
+    parts = set(FORBIDDEN) | set(MODULE_LEVEL_FORBIDDEN) | {"flows"}
+    for path in FLOWS.rglob("*.py"):
+        name = _module_name(path)
+        assert any(name == p or name.startswith(p + ".") for p in parts if p != "flows") or (
+            name == "flows"
+        ), f"{name} belongs to no part of the layout"
+
+
+def test_the_rule_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    tree = ast.parse("import os\ndef f():\n    import pandas\n")
+    assert (3, "pandas") in _imports(tree, module_level_only=False)
+    assert (3, "pandas") not in _imports(tree, module_level_only=True)
+
+
+RUN_IMPORTS = """
+import json, sys
+import flows.party_rates, flows.cli, flows.steps
+from flows.cli import run_job, build_parser
+from flows.edges import source, sinks, storage, statedir, manifest
+build_parser()
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_the_job_loads_nothing_of_the_analysis_side() -> None:
+    """In a fresh interpreter, the flow and the CLI for ``run`` load no analysis code,
+    no pandas and no matplotlib: that is start-up time of every scheduled run."""
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_IMPORTS], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    loaded = json.loads(result.stdout)
+    assert "flows.party_rates" in loaded  # the check itself works
+    unwanted = ("flows.analysis", "flows.tooling", "pandas", "matplotlib")
+    assert [m for m in loaded if m.split(".")[0] in unwanted or m.startswith(unwanted)] == []
+
+
+@pytest.mark.slow
+def test_the_built_wheel_installs_and_runs(tmp_path: Path) -> None:
+    """The wheel holds every sub-package: installed into a fresh environment (its
+    dependencies borrowed from this one), ``party-rates --help`` and the flow import work."""
+    wheels, src = tmp_path / "wheels", tmp_path / "src"
+    # Built from a copy of the sources: a build/ directory left in the tree would hide a
+    # package missing from the configuration.
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("flows", "schemas"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    subprocess.run(
+        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("party_rates-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    bin_dir = env_dir / "bin"
+    fresh_site = Path(
+        subprocess.run(
+            [
+                str(bin_dir / "python"),
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('purelib'))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    # Dependencies come from this environment's site-packages, added after the fresh one's;
+    # .pth files there (this project's editable install) are not processed.
+    (fresh_site / "_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run(
+        [
+            *PIP,
+            "--python",
+            str(bin_dir / "python"),
+            "install",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    help_run = subprocess.run(
+        [str(bin_dir / "party-rates"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env,
+    )
+    assert help_run.returncode == 0, help_run.stderr
+    assert "run" in help_run.stdout
+    probe = (
+        "import flows.party_rates, flows.analysis, flows.analysis.plots, flows.tooling.simulator;"
+        "from flows.party_rates import build_flow; print(flows.party_rates.__file__)"
+    )
+    imported = subprocess.run(
+        [str(bin_dir / "python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip().startswith(str(env_dir)), imported.stdout
+
+
+def test_the_readme_architecture_names_every_part() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Architecture") :]
+    section = section[: section.index("\n## ", 1)]
+    packages = sorted(p.parent.name for p in FLOWS.glob("*/__init__.py"))
+    assert packages, "no sub-packages found"
+    for name in packages:
+        assert f"`flows/{name}/`" in section, f"flows/{name}/ missing from README's Architecture"
+    for module in ("party_rates", "steps", "cli", "settings"):
+        assert f"`flows/{module}.py`" in section
