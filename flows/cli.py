@@ -95,7 +95,7 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
 
     from flows.edges.source import SourceError, list_partitions
     from flows.edges.statedir import StateDir, StateError
-    from flows.edges.storage import Storage, StorageError
+    from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
     from flows.party_rates import build_flow
 
     state = StateDir(settings.state)
@@ -109,7 +109,7 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
             parts = list_partitions(
                 settings.kafka_base_config(), settings.topic, settings.connect_seconds
             )
-            removed = storage.remove_stale_temp_files()
+            removed = storage.prepare()
             if removed and not quiet:
                 print(
                     f"party-rates: removed {removed} temporary files of an earlier run",
@@ -137,6 +137,9 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
                 recovery_config=RecoveryConfig(str(state.recovery)),
                 **cluster,
             )
+            failures = take_end_of_run_failures()
+            if failures:
+                raise StorageError(f"{failures[0]}; the next run writes what is missing")
     except Fail:
         raise
     except StorageError as err:

@@ -20,6 +20,7 @@ from flows.edges.manifest import ManifestSink
 from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
 from flows.edges.source import TopicSource
 from flows.edges.storage import Storage
+from flows.failpoints import Failpoints
 from flows.settings import Settings
 from flows.steps import ClockLogic, WindowsLogic
 
@@ -46,9 +47,10 @@ def build_flow(
     replaces the Kafka input (tests)."""
     if settings is None:
         settings = Settings()
-    source = source or TopicSource(settings)
+    failpoints = Failpoints(settings.failpoint)
+    source = source or TopicSource(settings, failpoints)
     partitions = [int(p) for p in source.list_parts()]
-    storage = Storage.for_settings(settings)
+    storage = Storage.for_settings(settings, failpoints)
     flush = settings.flush_seconds if settings.follow else None
     w, late, horizon = settings.window_us, settings.lateness_us, settings.outcome_horizon_us
     flow = Dataflow("party_rates")
@@ -120,6 +122,7 @@ def build_flow(
         settings.progress,
         settings.follow,
         settings.flush_seconds,
+        partitions,
     )
     op.output("manifest", op.map("route_stats", stats, lambda s: ("manifest", s)), manifest)
     return flow

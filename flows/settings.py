@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(None, description="Object store region")
     progress: Literal["auto", "bar", "log", "off"] = Field("auto", description="Progress display")
     run_id: str = Field(default_factory=new_run_id, description="Id of this run's manifest")
+    failpoint: str | None = Field(
+        None, description="Tests only (PARTY_RATES_FAILPOINT): stop the process at this point"
+    )
 
     @field_validator(
         "window",
@@ -92,6 +95,15 @@ class Settings(BaseSettings):
         if v is not None:
             parse_duration_us(v)
         return v
+
+    @field_validator("failpoint")
+    @classmethod
+    def _failpoint(cls, v: str | None) -> str | None:
+        if v:
+            from flows.failpoints import parse
+
+            parse(v)
+        return v or None
 
     @field_validator("brokers", "topic", "output", "state")
     @classmethod

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from flows.tooling.broker import EmbeddedBroker
+from tests.helpers import end_started
 
 
 class BrokerHandle:
@@ -39,3 +40,10 @@ def broker() -> Iterator[BrokerHandle]:
         yield BrokerHandle(embedded.bootstrap, embedded)
     finally:
         embedded.stop()
+
+
+@pytest.fixture(autouse=True)
+def _end_started_processes() -> Iterator[None]:
+    """A job a test started is ended when the test ends, also when it failed or timed out."""
+    yield
+    end_started()

@@ -7,24 +7,46 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from flows.analysis import load_disconnect_outcomes, load_party_rates
-from flows.core.parsing import Event, classify
-from flows.core.windows import WindowAgg
-from schemas.events import DISCONNECTED, DROPPED, REJOINED
+from flows.analysis import (
+    load_dead_letters,
+    load_disconnect_outcomes,
+    load_late_events,
+    load_manifests,
+    load_party_rates,
+)
+from tests import reference
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "flows.cli"]
+STARTED: list[subprocess.Popen[Any]] = []
+"""Processes a test started and may leave running if it fails or times out: ended after
+each test (tests/conftest.py)."""
 
 
-def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int, bytes | None]]:
+def start(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Start a process that is ended after the test, whatever happens to it."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    STARTED.append(proc)
+    return proc
+
+
+def end_started() -> None:
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def read_topic(
+    bootstrap: str, topic: str, partitions: int, timeout: float = 60
+) -> list[tuple[int, int, bytes | None]]:
     """Every message of the topic as (partition, offset, value), in offset order."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "test-readback", "enable.partition.eof": True}
@@ -32,58 +54,26 @@ def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, i
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out: list[tuple[int, int, bytes | None]] = []
     at_end: set[int] = set()
-    while len(at_end) < partitions:
-        for msg in consumer.consume(10_000, 5):
-            err = msg.error()
-            if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                at_end.add(msg.partition())
-            elif err is None:
-                out.append((msg.partition(), msg.offset(), msg.value()))
-    consumer.close()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(at_end) < partitions:
+            assert time.monotonic() < deadline, f"reading {topic} back took over {timeout}s"
+            for msg in consumer.consume(10_000, 1):
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                elif err is None:
+                    out.append((msg.partition(), msg.offset(), msg.value()))
+    finally:
+        consumer.close()
     return sorted(out)
-
-
-def _on_time_events(
-    messages: list[tuple[int, int, bytes | None]], lateness_us: int
-) -> tuple[list[Event], int]:
-    """Counted events the job keeps (partition by partition), and the final watermark."""
-    by_part: dict[int, list[tuple[int, bytes | None]]] = defaultdict(list)
-    for p, off, value in messages:
-        by_part[p].append((off, value))
-    kept: list[Event] = []
-    maxima = []
-    for _p, msgs in sorted(by_part.items()):
-        newest: int | None = None
-        seen: set[str] = set()
-        for _off, value in sorted(msgs):
-            ev = classify(value)
-            if not isinstance(ev, Event) or ev.id in seen:
-                continue
-            if newest is not None and ev.t_us < newest - lateness_us:
-                continue
-            seen.add(ev.id)
-            newest = ev.t_us if newest is None else max(newest, ev.t_us)
-            kept.append(ev)
-        if newest is not None:
-            maxima.append(newest)
-    return kept, min(maxima) - lateness_us
 
 
 def reference_rows(
     messages: list[tuple[int, int, bytes | None]], window_us: int, lateness_us: int
 ) -> pd.DataFrame:
-    """What the job must output, computed the simple way: partition by partition."""
-    events, wm = _on_time_events(messages, lateness_us)
-    windows: dict[tuple[str, int], WindowAgg] = defaultdict(WindowAgg)
-    for ev in events:
-        start = ev.t_us - ev.t_us % window_us
-        windows[(ev.namespace, start)].add(ev.kind, ev.user_id, ev.session_id)
-    closed = wm - wm % window_us
-    rows = [
-        agg.to_row(ns, start, window_us, start + window_us <= closed)
-        for (ns, start), agg in windows.items()
-    ]
-    return _normalise(pd.DataFrame(rows))
+    """What the job must write to ``party_rates``, from the independent reference."""
+    return reference.rates(reference.run(messages, window_us, lateness_us), window_us)
 
 
 def reference_outcomes(
@@ -92,75 +82,17 @@ def reference_outcomes(
     lateness_us: int,
     horizon_us: int = 3_600_000_000,
 ) -> pd.DataFrame:
-    """disconnect_outcomes the simple way: each player's events sorted by time, one pass."""
-    events, wm = _on_time_events(messages, lateness_us)
-    closed = wm - wm % window_us
-    aggs: dict[tuple[str, int], dict[str, Any]] = {}
-
-    def agg(ns: str, t: int) -> dict[str, Any]:
-        key = (ns, t - t % window_us)
-        if key not in aggs:
-            aggs[key] = dict.fromkeys(("d", "r", "x", "u", "s", "o"), 0) | {"times": []}
-        return aggs[key]
-
-    players: dict[tuple[str, str, str], list[Event]] = defaultdict(list)
-    for ev in events:
-        if ev.kind in (DISCONNECTED, REJOINED, DROPPED) and ev.session_id and ev.user_id:
-            players[(ev.namespace, ev.session_id, ev.user_id)].append(ev)
-    for (ns, _s, _u), evs in players.items():
-        evs.sort(key=lambda e: (e.t_us, e.kind != DISCONNECTED, e.id))
-        opened: int | None = None
-        for ev in [e for e in evs if e.t_us < closed]:
-            if opened is not None and ev.t_us - opened > horizon_us:
-                agg(ns, opened)["u"] += 1
-                opened = None
-            if ev.kind == DISCONNECTED:
-                agg(ns, ev.t_us)["d"] += 1
-                if opened is not None:
-                    agg(ns, opened)["s"] += 1
-                opened = ev.t_us
-            elif opened is None:
-                agg(ns, ev.t_us)["o"] += 1
-            else:
-                a = agg(ns, opened)
-                if ev.kind == REJOINED:
-                    a["r"] += 1
-                    a["times"].append((ev.t_us - opened) / 1e6)
-                else:
-                    a["x"] += 1
-                opened = None
-        if opened is not None and opened + horizon_us < closed:
-            agg(ns, opened)["u"] += 1
-    rows = []
-    for (ns, start), a in aggs.items():
-        if start + window_us + horizon_us > closed:
-            continue  # compare final rows only
-        decided = a["r"] + a["x"]
-        times = a["times"]
-        rows.append(
-            {
-                "namespace": ns,
-                "window_start": start,
-                "disconnects": a["d"],
-                "rejoined": a["r"],
-                "dropped": a["x"],
-                "unresolved": a["u"],
-                "superseded": a["s"],
-                "orphan_outcomes": a["o"],
-                "cohort_drop_ratio": a["x"] / decided if decided else None,
-                "rejoin_seconds_p50": float(np.percentile(times, 50)) if times else None,
-                "rejoin_seconds_p95": float(np.percentile(times, 95)) if times else None,
-            }
-        )
-    df = pd.DataFrame(rows)
-    df["window_start"] = pd.to_datetime(df["window_start"], unit="us", utc=True)
-    return df.sort_values(["namespace", "window_start"], ignore_index=True)
+    """Final ``disconnect_outcomes`` rows, from the independent reference."""
+    result = reference.run(messages, window_us, lateness_us)
+    return reference.outcomes(result, window_us, horizon_us)
 
 
-def job_outcomes(output: Path) -> pd.DataFrame:
-    """Final disconnect_outcomes rows in the reference's columns."""
+def job_outcomes(output: Path, final_only: bool = True) -> pd.DataFrame:
+    """disconnect_outcomes rows in the reference's columns (final rows only by default)."""
     df = load_disconnect_outcomes(output)
-    df = df[df["is_final"]].drop(columns=["date", "window_end", "is_final"])
+    if final_only:
+        df = df[df["is_final"]].drop(columns=["window_end", "is_final"])
+    df = df.drop(columns=["date"])
     df["namespace"] = df["namespace"].astype(str)
     df["window_start"] = df["window_start"].astype("datetime64[us, UTC]")
     return df.sort_values(["namespace", "window_start"], ignore_index=True)
@@ -181,6 +113,63 @@ def job_rows(output: Path) -> pd.DataFrame:
 
 def assert_same_rows(got: pd.DataFrame, want: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(got, want, check_dtype=False, check_categorical=False)
+
+
+def late_rows(output: Path) -> pd.DataFrame:
+    """late_events, every column, in (partition, offset) order."""
+    df = load_late_events(output)
+    return df.sort_values(["partition", "offset"], ignore_index=True)
+
+
+def dead_rows(output: Path) -> pd.DataFrame:
+    """dead_letters without ``seen_at`` (the wall clock), in (partition, offset) order."""
+    df = load_dead_letters(output).drop(columns=["seen_at"])
+    return df.sort_values(["partition", "offset"], ignore_index=True)
+
+
+def total_counts(output: Path) -> dict[str, int]:
+    """The manifests' counts summed over every run."""
+    total: dict[str, int] = {}
+    for manifest in load_manifests(output):
+        for key, n in manifest["counts"].items():
+            total[key] = total.get(key, 0) + n
+    return total
+
+
+def assert_same_output(got: Path, want: Path) -> None:
+    """Two outputs hold the same rows in all four datasets (final and provisional), and
+    their manifests account for the same messages in the same way."""
+    assert_same_rows(job_rows(got), job_rows(want))
+    assert_same_rows(job_outcomes(got, final_only=False), job_outcomes(want, final_only=False))
+    assert_same_rows(late_rows(got), late_rows(want))
+    assert_same_rows(dead_rows(got), dead_rows(want))
+    assert total_counts(got) == total_counts(want)
+
+
+def assert_matches_reference(
+    output: Path,
+    messages: list[tuple[int, int, bytes | None]],
+    window_us: int = 5 * 60_000_000,
+    lateness_us: int = 10 * 60_000_000,
+    horizon_us: int = 3_600_000_000,
+) -> reference.Result:
+    """The output of runs over the whole topic equals the independent reference: every
+    rates row, the final outcome rows, the late events and dead letters by position, and
+    the manifests' summed counts."""
+    result = reference.run(messages, window_us, lateness_us)
+    assert_same_rows(job_rows(output), reference.rates(result, window_us))
+    assert_same_rows(job_outcomes(output), reference.outcomes(result, window_us, horizon_us))
+    late = late_rows(output)
+    assert list(zip(late["partition"], late["offset"], late["id"], strict=True)) == [
+        (ev.partition, ev.offset, ev.id) for ev in result.late
+    ]
+    dead = dead_rows(output)
+    assert list(zip(dead["partition"], dead["offset"], strict=True)) == result.dead
+    values = {(p, off): value for p, off, value in messages}
+    assert [values[(p, off)] for p, off in result.dead] == list(dead["value"])
+    counts = total_counts(output)
+    assert {k: counts[k] for k in result.counts} == result.counts
+    return result
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Any:
@@ -235,7 +224,7 @@ def start_slow_run(bootstrap: str, topic: str, out: Path, state: Path, *extra: s
     args = ["run", "--brokers", bootstrap, "--topic", topic, "--output", str(out)]
     args += ["--state", str(state), "--progress", "off", "--batch-size", "3"]
     args += ["--snapshot-interval", "300ms", *extra]
-    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    proc = start([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # polling the recovery store the run writes

@@ -165,3 +165,44 @@ def test_credentials_inside_an_object_store_output_are_refused(tmp_path: Path) -
     assert "--s3-access-key" in _one_clear_line(result.stderr)
     assert "hunter2" not in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_unknown_failpoint_is_refused(tmp_path: Path) -> None:
+    result = run_cli(
+        "run", "--output", str(tmp_path / "o"), "--state", str(tmp_path / "s"),
+        env={"PARTY_RATES_FAILPOINT": "after-lunch"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown failpoint 'after-lunch'" in _one_clear_line(result.stderr)
+
+
+def _topic_with_events(broker) -> str:
+    from tests.test_job_broker import MIN, T0, _event, _send
+
+    topic = broker.new_topic(partitions=1)
+    _send(broker.bootstrap, topic, [_event("PartyDisconnectedEvent", "ns", T0 + MIN)])
+    return topic
+
+
+def test_an_unexpected_failure_exits_1_with_one_line(broker, tmp_path: Path) -> None:
+    topic = _topic_with_events(broker)
+    result = run_cli(
+        "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(tmp_path / "o"),
+        "--state", str(tmp_path / "s"), "--progress", "off",
+        env={"PARTY_RATES_FAILPOINT": "raise-in-batch"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    line = _one_clear_line(result.stderr)
+    assert "the run failed" in line and "failpoint raise-in-batch reached" in line
+
+
+def test_an_output_directory_that_cannot_be_made_exits_5(broker, tmp_path: Path) -> None:
+    topic = _topic_with_events(broker)
+    (tmp_path / "taken").write_text("a file where the output directory should be")
+    result = run_cli(
+        "run", "--brokers", broker.bootstrap, "--topic", topic,
+        "--output", str(tmp_path / "taken" / "out"), "--state", str(tmp_path / "s"),
+        "--progress", "off",
+    )  # fmt: skip
+    assert result.returncode == 5
+    assert str(tmp_path / "taken" / "out") in _one_clear_line(result.stderr)

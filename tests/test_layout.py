@@ -32,6 +32,7 @@ FORBIDDEN = {
     "flows.party_rates": ("pandas", "matplotlib", "flows.analysis", "flows.tooling"),
     "flows.steps": ("pandas", "matplotlib", "flows.analysis", "flows.tooling"),
     "flows.settings": ("pandas", "matplotlib", "flows.analysis", "flows.tooling", "flows.edges"),
+    "flows.failpoints": ("pandas", "matplotlib", "flows.analysis", "flows.tooling", "flows.edges"),
 }  # fmt: skip
 MODULE_LEVEL_FORBIDDEN = {
     # the CLI's demo and report commands import these inside their own functions

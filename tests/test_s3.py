@@ -117,7 +117,7 @@ def test_wrong_secret_key_is_one_clear_line(broker, s3: S3Server, tmp_path: Path
     topic = broker.new_topic(partitions=1)
     wrong = "not-the-secret-" + s3.secret_key[:6]
     result = _run_s3(broker, topic, f"s3://{s3.bucket}/denied", tmp_path / "state", s3, wrong)
-    assert result.returncode != 0
+    assert result.returncode == 5  # output storage
     line = _one_clear_line(result.stderr)
     assert "access denied" in line and "secret" in line.lower()
     assert f"s3://{s3.bucket}/denied" in line
@@ -130,7 +130,7 @@ def test_unreachable_endpoint_is_one_clear_line(broker, s3: S3Server, tmp_path: 
     topic = broker.new_topic(partitions=1)
     dead = S3Server(f"http://127.0.0.1:{free_port()}", s3.access_key, s3.secret_key, s3.bucket)
     result = _run_s3(broker, topic, f"s3://{s3.bucket}/x", tmp_path / "state", dead)
-    assert result.returncode != 0
+    assert result.returncode == 5  # output storage
     line = _one_clear_line(result.stderr)
     assert "cannot connect" in line and dead.endpoint in line
     assert s3.secret_key not in result.stderr

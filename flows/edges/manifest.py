@@ -1,10 +1,13 @@
 """The run manifest ``_runs/<run_id>.json`` and the progress display.
 
 One sink partition receives every batch's bookkeeping. It accumulates, per run id, the
-offsets read per partition and the counts, which are part of the snapshot. When the run
-ends it writes the manifest. A run that was killed left its accumulated part in the last
-snapshot; the next run writes that part as the killed run's manifest with status
-``interrupted``, so every message read is accounted for in exactly one manifest.
+offsets read per partition and the counts, which are part of the snapshot. When a scheduled
+run has read every partition to its end it writes the manifest as ``completed``; a run that
+ends otherwise (stopped by a signal, failed) writes it as ``stopped``. What a run read after
+its last durable snapshot is read again by the next run, so the next run finds the earlier
+run's part in the snapshot it resumes from: unless the manifest already says exactly that,
+it writes that part as the earlier run's manifest with status ``interrupted``. Every
+message read is accounted for in exactly one manifest.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, TextIO
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.core.items import BatchStats, Counts
-from flows.edges.storage import Storage
+from flows.edges.storage import Storage, end_of_run_failure
 
 RunState = dict[str, dict[str, Any]]  # run_id -> accumulated manifest
 
@@ -69,7 +72,9 @@ class ManifestSink(FixedPartitionedSink[Any, RunState]):
         progress: str,
         follow: bool,
         flush_seconds: float,
+        partitions: list[int] | None = None,
     ) -> None:
+        self.partitions = list(partitions or [])
         self.storage = storage
         self.run_id = run_id
         self.settings = settings
@@ -90,10 +95,11 @@ class ManifestPart(StatefulSinkPartition[Any, RunState]):
     def __init__(self, sink: ManifestSink, runs: RunState) -> None:
         self.sink = sink
         self.runs = {rid: json.loads(json.dumps(run)) for rid, run in runs.items()}
-        # What an earlier run left in the snapshot without writing it: it was interrupted.
+        # An earlier run's part of the snapshot this run resumes from.
         for rid in list(self.runs):
             if rid != sink.run_id:
-                self._write(rid, "interrupted")
+                if not self._written_as_in_snapshot(rid):
+                    self._write(rid, "interrupted")
                 del self.runs[rid]
         self.run = self.runs.setdefault(
             sink.run_id, new_run(sink.run_id, sink.settings, datetime.now(UTC))
@@ -112,11 +118,28 @@ class ManifestPart(StatefulSinkPartition[Any, RunState]):
             self._write(self.sink.run_id, "running")
             self.last_flush = time.monotonic()
 
+    def _written_as_in_snapshot(self, run_id: str) -> bool:
+        """Whether the run's manifest was written when it ended with exactly what the
+        snapshot holds (its last snapshot was durable); else the run was cut after it."""
+        existing = self.sink.storage.read_bytes(manifest_path(run_id))
+        if existing is None:
+            return False
+        written, snap = json.loads(existing), self.runs[run_id]
+        return written.get("status") in ("completed", "stopped") and all(
+            written.get(k) == snap[k] for k in ("counts", "partitions", "gaps")
+        )
+
+    def _complete(self) -> bool:
+        """A scheduled run that read every partition to its end."""
+        parts = self.run["partitions"]
+        return not self.sink.follow and all(
+            str(p) in parts and parts[str(p)]["end"] is not None
+            and parts[str(p)]["to"] >= parts[str(p)]["end"]
+            for p in self.sink.partitions
+        )  # fmt: skip
+
     def _write(self, run_id: str, status: str) -> None:
         run = dict(self.runs[run_id])
-        existing = self.sink.storage.read_bytes(manifest_path(run_id))
-        if existing is not None and json.loads(existing).get("status") == "completed":
-            return
         run["status"] = status
         if status != "running":
             run["ended_at"] = run["ended_at"] or datetime.now(UTC).isoformat()
@@ -127,8 +150,12 @@ class ManifestPart(StatefulSinkPartition[Any, RunState]):
         return json.loads(json.dumps(self.runs))
 
     def close(self) -> None:
+        # Also called when the dataflow stops early (a signal, an error).
         self.display.finish(self.run)
-        self._write(self.sink.run_id, "completed")
+        try:
+            self._write(self.sink.run_id, "completed" if self._complete() else "stopped")
+        except Exception as err:  # see end_of_run_failure
+            end_of_run_failure(err)
 
 
 class ProgressDisplay:

@@ -27,7 +27,7 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.core.items import FlushTick, Row
-from flows.edges.storage import Storage, hive_segment
+from flows.edges.storage import Storage, end_of_run_failure, hive_segment
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
@@ -200,7 +200,10 @@ class ParquetPart(StatefulSinkPartition[Row | FlushTick, Buffer]):
         return {path: dict(rows) for path, rows in self.buffer.items()}
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+        except Exception as err:  # see end_of_run_failure
+            end_of_run_failure(err)
 
 
 def write_merged(storage: Storage, relpath: str, new_rows: Any, spec: DatasetSpec) -> None:

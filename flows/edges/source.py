@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from flows.core.items import BatchResult
 from flows.core.partition import PartitionState, process_batch
+from flows.failpoints import Failpoints
 from flows.settings import Settings
 
 FLUSH_TICK_S = 1.0
@@ -151,7 +152,8 @@ def restore(state: PartitionState, snap: Snapshot) -> None:
 class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
     """The session-history topic as a partitioned, resumable source of batch results."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, failpoints: Failpoints | None = None) -> None:
+        self.failpoints = failpoints or Failpoints()
         self.config = settings.kafka_base_config()
         self.topic = settings.topic
         self.follow = settings.follow
@@ -272,11 +274,17 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         self.awake: datetime | None = None
         self.errors = errors or BrokerErrors()  # fed by the consumer's error callback
         self.last_tick = time.monotonic()
+        self.snapshotted = False  # snapshot() was called since the last batch
 
     def _finished(self) -> bool:
         return self.end_offset is not None and self.state.next_offset >= self.end_offset
 
     def next_batch(self) -> list[BatchResult]:
+        if self.snapshotted:
+            # Bytewax asks for the next epoch's first batch only once the epoch of this
+            # partition's last snapshot is complete and recorded in the recovery store.
+            self.snapshotted = False
+            self.source.failpoints.snapshot_durable()
         if self.done:
             raise StopIteration
         end = self.end_offset
@@ -317,6 +325,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         tick = self.source.follow and now - self.last_tick >= FLUSH_TICK_S
         if not good and not first and not self.done and not caught_up and not tick:
             return []
+        self.source.failpoints.reached("raise-in-batch")
         result = process_batch(
             self.state,
             self.partition,
@@ -346,6 +355,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         return self.awake
 
     def snapshot(self) -> Snapshot:
+        self.snapshotted = True
         s = self.state
         return (
             s.next_offset,

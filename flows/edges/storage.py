@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from pydantic import SecretStr
 
 from flows.core.paths import hive_segment
+from flows.failpoints import Failpoints
 from flows.settings import Settings
 
 __all__ = ["S3Target", "Storage", "StorageError", "hive_segment"]
@@ -56,6 +57,26 @@ UNREACHABLE = ("NETWORK_CONNECTION", "curlCode: 7", "Couldn't connect", "Connect
 
 class StorageError(OSError):
     """The output storage cannot be reached or used. The message is one line, safe to print."""
+
+
+_END_FAILURES: list[str] = []
+
+
+def end_of_run_failure(err: Exception) -> None:
+    """Record a write that failed in a sink's ``close()``.
+
+    Bytewax calls ``close()`` while it drops the dataflow, where an exception would abort
+    the process; the rows stay in the last snapshot and the next run writes them. The
+    command reports the failure when the dataflow has returned (exit 5).
+    """
+    text = str(err) if isinstance(err, StorageError) else f"writing the output failed: {err}"
+    _END_FAILURES.append(text.splitlines()[0] if text else type(err).__name__)
+
+
+def take_end_of_run_failures() -> list[str]:
+    failures = list(_END_FAILURES)
+    _END_FAILURES.clear()
+    return failures
 
 
 def _fsync_dir(directory: str) -> None:
@@ -196,12 +217,14 @@ class Storage:
         filesystem: pafs.FileSystem | None = None,
         *,
         s3: S3Target | None = None,
+        failpoints: Failpoints | None = None,
     ) -> None:
         # Arrow's own allocator keeps memory freed by earlier writes, so a long run's peak
         # grew with its length: the job writes now and then, the system allocator suffices.
         pa.set_memory_pool(pa.system_memory_pool())
         self._lock = threading.Lock()
         self._s3 = s3
+        self.failpoints = failpoints or Failpoints()
         self._fs: pafs.FileSystem | None
         if s3 is not None:
             self.uri, self.root = s3.uri, s3.root
@@ -225,13 +248,13 @@ class Storage:
         self.object_store = filesystem.type_name in OBJECT_STORES
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Storage:
+    def for_settings(cls, settings: Settings, failpoints: Failpoints | None = None) -> Storage:
         """The output storage the settings describe: a local directory or an s3:// URI.
 
         Makes no request: an object store is reached on first use.
         """
         if not is_s3_uri(settings.output):
-            return cls(settings.output)
+            return cls(settings.output, failpoints=failpoints)
         target = S3Target.parse(
             settings.output,
             endpoint=settings.s3_endpoint,
@@ -308,8 +331,10 @@ class Storage:
             pq.write_table(table, out)
             out.flush()
             os.fsync(out.fileno())  # the data is on disk before the name points at it
+        self.failpoints.reached("before-rename")
         os.replace(tmp, full)
         _fsync_dir(directory)
+        self.failpoints.reached("after-rename")
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
         """Replace a small file atomically (manifests)."""
@@ -359,13 +384,35 @@ class Storage:
             if info.type == pafs.FileType.File:
                 yield posixpath.relpath(info.path, self.root)
 
-    def remove_stale_temp_files(self) -> int:
-        """Delete temporary files a killed run left behind; returns how many.
+    def prepare(self) -> int:
+        """Make sure the output can be written, and delete the temporary files a killed run
+        left behind; returns how many. Run before anything is read, so that an output that
+        cannot be used stops the run with a StorageError instead of failing at its end.
 
-        An object store never holds any (files are uploaded whole to their final key, and
-        an upload that never completed is not an object), so it is not listed: only
-        reached, so that a store that cannot be used stops the run before it reads.
+        An object store never holds temporary files (files are uploaded whole to their
+        final key, and an upload that never completed is not an object), so it is only
+        reached (and its bucket made).
         """
+        _ = self.fs  # an object store is reached here, and its bucket made
+        if self.object_store:
+            return 0
+        if self.local:
+            try:
+                os.makedirs(self.root, exist_ok=True)
+                probe = posixpath.join(
+                    self.root, f".write-probe.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+                )
+                with open(probe, "wb"):
+                    pass
+                os.remove(probe)
+            except OSError as err:
+                raise StorageError(
+                    f"output {self.root} cannot be written: {err.strerror or err}"
+                ) from None
+        return self.remove_stale_temp_files()
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files a killed run left behind; returns how many."""
         fs = self.fs
         if self.object_store:
             return 0

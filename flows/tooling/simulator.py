@@ -33,6 +33,7 @@ OTHER_NAMES = (
     "MatchHistoryEvent",
 )  # fmt: skip
 DAY_START = datetime(2026, 11, 27, tzinfo=UTC)
+LATE_DELAY_US = 2 * 3600 * US_PER_S
 _PLUS_7 = timezone(timedelta(hours=7))
 
 
@@ -59,9 +60,14 @@ class SimMessage(NamedTuple):
 
 
 class Truth(NamedTuple):
-    """What the simulator knows about the messages it made, for tests."""
+    """What the simulator knows about the messages it made, exact under the README's rules.
+
+    ``late`` counts late messages (a re-send of a late event is late too), ``duplicates``
+    the re-sends of counted events, ``malformed`` the dead letters.
+    """
 
     late_ids: set[str]
+    late: int
     malformed: int
     duplicates: int
 
@@ -152,24 +158,36 @@ def generate(cfg: SimConfig) -> tuple[list[SimMessage], Truth]:
 
     late_ids: set[str] = set()
     out: list[tuple[int, bytes, bytes]] = []
+    counted_keys: set[bytes] = set()
+    # A late event is re-published two hours after its time. Only events whose re-publish
+    # falls well inside the simulated span are made late: after the span ends, its
+    # partition may have no newer event to be late against (the rule could not see it).
+    late_until = start_us + span_us - LATE_DELAY_US - 30 * 60 * US_PER_S
     for t, doc in docs:
         publish = t + rng.randrange(5 * US_PER_S)  # publisher batching jitter
-        if doc["name"] in _COUNTED and rng.random() < cfg.late_rate:
-            publish = t + 2 * 3600 * US_PER_S  # re-published two hours later
-            late_ids.add(doc["id"])
-        out.append((publish, doc["id"].encode(), orjson.dumps(doc)))
-    duplicates = 0
+        key = doc["id"].encode()
+        if doc["name"] in _COUNTED:
+            if rng.random() < cfg.late_rate and t < late_until:
+                publish = t + LATE_DELAY_US
+                late_ids.add(doc["id"])
+            else:
+                counted_keys.add(key)
+        out.append((publish, key, orjson.dumps(doc)))
+    late, duplicates = len(late_ids), 0
     for publish, key, value in list(out):
         if rng.random() < cfg.duplicate_rate:
             out.append((publish + rng.randrange(1, 3 * US_PER_S), key, value))
-            duplicates += 1
+            if key in counted_keys:
+                duplicates += 1
+            elif key.decode() in late_ids:  # a re-send of a late event is late too
+                late += 1
     malformed = 0
     for i in range(int(len(out) * cfg.malformed_rate)):
         t = start_us + rng.randrange(span_us)
         out.append((t, f"bad-{i}".encode(), _malformed(rng, i, t)))
         malformed += 1
     out.sort(key=lambda m: m[0])
-    return [SimMessage(k, v, p) for p, k, v in out], Truth(late_ids, malformed, duplicates)
+    return [SimMessage(k, v, p) for p, k, v in out], Truth(late_ids, late, malformed, duplicates)
 
 
 _COUNTED = {
