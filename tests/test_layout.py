@@ -215,3 +215,18 @@ def test_the_readme_architecture_names_every_part() -> None:
         assert f"`flows/{name}/`" in section, f"flows/{name}/ missing from README's Architecture"
     for module in ("party_rates", "steps", "cli", "settings"):
         assert f"`flows/{module}.py`" in section
+
+
+def test_every_test_the_guarantees_name_exists() -> None:
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Guarantees") :]
+    section = section[: section.index("\n## ", 1)]
+    named = set(re.findall(r"\b(test_\w+)", section)) - {"test_sinks", "test_crash"}
+    named -= {n for n in named if (REPO / "tests" / f"{n}.py").exists()}
+    defined = set()
+    for path in (REPO / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.M))
+    assert named, "no test named"
+    assert sorted(named - defined) == []
