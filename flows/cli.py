@@ -34,6 +34,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "processes": {"type": int, "help": "local processes of one cluster (default 1)"},
     "follow": {"action": "store_true", "default": None, "help": "keep consuming"},
     "batch_size": {"type": int, "help": "messages per consume call (default 10000)"},
+    "shards": {"type": int, "help": "shards per namespace, fixed with the state (default 4)"},
     "snapshot_interval": {"help": "state snapshot interval (default 10s)"},
     "flush_interval": {"help": "with --follow, how often to write Parquet (default 60s)"},
     "process_id": {"type": int, "help": "this process's index in a cluster (-i)"},

@@ -2,6 +2,10 @@
 
 Run it with ``party-rates run`` or, in a Bytewax cluster,
 ``python -m bytewax.run "flows.party_rates:build_flow()"`` with ``PARTY_RATES_*`` set.
+
+Two-phase aggregation: each partition folds its batches into partial aggregates per
+(namespace, shard, window); shards merge them and match outcomes; a namespace's rows step
+adds its shards' reports up into rows once the watermark has passed.
 """
 
 from __future__ import annotations
@@ -14,25 +18,20 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 
-from flows.core.items import BatchResult, FlushTick, Tick
-from flows.core.windows import Output
+from flows.core.items import BatchResult, FlushTick
 from flows.edges.manifest import ManifestSink
 from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
 from flows.edges.source import TopicSource
 from flows.edges.storage import Storage
 from flows.failpoints import Failpoints
 from flows.settings import Settings
-from flows.steps import ClockLogic, WindowsLogic
+from flows.steps import ClockLogic, RowsLogic, ShardLogic
 
 CLOCK = "clock"
 
 
-def _ticks(item: tuple[str, tuple[str, Tick]]) -> tuple[str, Tick]:
-    return item[1]
-
-
-def _of_kind(kind: str) -> Callable[[tuple[str, Output]], Any]:
-    """The payload of the windows step's outputs of one kind (None for the others)."""
+def _of_kind(kind: str) -> Callable[[tuple[str, tuple[str, Any]]], Any]:
+    """The payload of a stateful step's outputs of one kind (None for the others)."""
     return lambda kv: kv[1][1] if kv[1][0] == kind else None
 
 
@@ -56,30 +55,36 @@ def build_flow(
     flow = Dataflow("party_rates")
 
     batches = op.input("kafka", flow, source)
-    # BatchResult: one consumed batch of one partition, classified and deduplicated
+    # BatchResult: one consumed batch of one partition, classified, deduplicated and folded
 
-    chunks = op.flat_map("chunks", batches, lambda b: list(b.chunks.items()))
-    # (namespace, Chunk): that namespace's on-time events of the batch
+    parts = op.flat_map("parts", batches, lambda b: b.parts)
+    # (shard key, ShardPart): the batch's partial aggregates and outcome events for one shard
 
     progress = op.flat_map(
         "progress", batches, lambda b: [(CLOCK, b.progress)] if b.progress else []
     )
-    # ("clock", Progress): a partition's newest event time and the namespaces it touched
+    # ("clock", Progress): a partition's newest event time and the shards it touched
 
-    ticks = op.map(
-        "route_ticks",
-        op.stateful_batch("clock", progress, partial(ClockLogic, w, late, horizon, partitions)),
-        _ticks,
+    clock = op.stateful_batch(
+        "clock", progress, partial(ClockLogic, w, late, horizon, settings.shards, partitions)
     )
-    # (namespace, Tick): windows ending at or before Tick.closed_until are final
+    # ("clock", ("to_shard", (shard key, Tick | ShardPart)) | ("late", row) | ("late_count", n))
+
+    reports = op.stateful_batch(
+        "shards",
+        op.merge("shard_in", parts, op.filter_map("to_shards", clock, _of_kind("to_shard"))),
+        partial(ShardLogic, w, horizon),
+    )
+    # (shard key, Report): what a shard closed on a tick, or holds at the end of a run
 
     outputs = op.stateful_batch(
-        "windows", op.merge("chunks_and_ticks", chunks, ticks), partial(WindowsLogic, w, horizon)
-    )
-    # (namespace, ("row" | "outcome" | "late", row) | ("late_count", n))
+        "rows", op.map("by_namespace", reports, lambda kv: (kv[1].namespace, kv[1])),
+        partial(RowsLogic, w),
+    )  # fmt: skip
+    # (namespace, ("row" | "outcome", row)): rows once every shard of a tick has reported
 
-    rows = op.filter_map("rows", outputs, _of_kind("row"))
-    # rates row: final rows as windows close, provisional rows at the end of a run
+    rows = op.filter_map("rows_only", outputs, _of_kind("row"))
+    # party_rates row: final rows as windows close, provisional rows at the end of a run
 
     outcomes = op.filter_map("outcomes", outputs, _of_kind("outcome"))
     # disconnect_outcomes row: a disconnect window's outcomes, final an outcome horizon later
@@ -87,7 +92,7 @@ def build_flow(
     late_rows = op.merge(
         "late_rows",
         op.flat_map("late_at_partition", batches, lambda b: b.late),
-        op.filter_map("late_at_window", outputs, _of_kind("late")),
+        op.filter_map("late_at_window", clock, _of_kind("late")),
     )
     # late_events row: an event that came after its window was final
 
@@ -97,20 +102,20 @@ def build_flow(
     stats = op.merge(
         "stats",
         op.map("batch_stats", batches, lambda b: b.stats),
-        op.filter_map("late_counts", outputs, _of_kind("late_count")),
+        op.filter_map("late_counts", clock, _of_kind("late_count")),
     )
     # BatchStats | int: bookkeeping for the manifest and the progress display
 
     ticking = op.filter("flush_ticks", batches, lambda b: b.flush_tick)
     # BatchResult marked about every second while following: lets the sinks write on time
 
-    for name, stream, spec, parts in (
+    for name, stream, spec, n in (
         ("party_rates", rows, RATES, 8),
         ("disconnect_outcomes", outcomes, OUTCOMES, 8),
         ("late_events", late_rows, LATE_EVENTS, 2),
         ("dead_letters", dead, DEAD_LETTERS, 2),
     ):
-        sink = ParquetSink(storage, spec, flush_seconds=flush, parts=parts)
+        sink = ParquetSink(storage, spec, flush_seconds=flush, parts=n)
         routed = op.map(f"route_{name}", stream, route(spec))
         ticks_in = op.flat_map(f"{name}_ticks", ticking, _flush_ticks(sink))
         op.output(name, op.merge(f"{name}_in", routed, ticks_in), sink)

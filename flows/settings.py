@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     )
     follow: bool = Field(False, description="Keep consuming instead of stopping at the end")
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="Messages per consume call")
+    shards: int = Field(
+        4, ge=1, le=256, description="Shards each namespace is split into (fixed with the state)"
+    )
     snapshot_interval: str = Field("10s", description="How often state is snapshotted")
     flush_interval: str = Field("60s", description="With --follow: how often Parquet is written")
     kafka_config: dict[str, str] = Field(

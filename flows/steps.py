@@ -1,4 +1,8 @@
-"""Adapters from the pure window and clock classes to Bytewax's stateful operator API."""
+"""Adapters from the pure clock, shard and rows classes to Bytewax's stateful operator API.
+
+Each key's state is snapshotted as bytes pickled at once (see ``Shard.snapshot``): Bytewax
+snapshots every key a batch touched, and the bytes cannot change after they were taken.
+"""
 
 from __future__ import annotations
 
@@ -6,52 +10,78 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
-from flows.core.items import Chunk, Progress
-from flows.core.watermark import Clock
-from flows.core.windows import NamespaceWindows, Output
+from flows.core.items import Progress, Report, ShardPart
+from flows.core.rows import NamespaceRows, Output
+from flows.core.shards import Shard
+from flows.core.watermark import Clock, ClockOutput
 
 
-class ClockLogic(StatefulBatchLogic[Progress, Any, Any]):
+class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
     def __init__(
         self,
         window_us: int,
         lateness_us: int,
         horizon_us: int,
+        shards: int,
         partitions: list[int],
-        snap: Any | None,
+        snap: bytes | None,
     ) -> None:
+        args = (window_us, lateness_us, partitions)
         self.clock = (
-            Clock(window_us, lateness_us, partitions, horizon_us)
+            Clock(*args, horizon_us, shards)
             if snap is None
-            else Clock.restore(window_us, lateness_us, partitions, snap, horizon_us)
+            else Clock.restore(*args, snap, horizon_us, shards)
         )
 
-    def on_batch(self, values: list[Progress]) -> tuple[list[Any], bool]:
+    def on_batch(self, values: list[Progress]) -> tuple[list[ClockOutput], bool]:
         out = []
         for progress in values:
-            out.extend(self.clock.on_progress(progress))
-        return out, self.RETAIN
+            out += self.clock.on_progress(progress)
+        return out + self.clock.round(), self.RETAIN
 
-    def snapshot(self) -> Any:
+    def on_eof(self) -> tuple[list[ClockOutput], bool]:
+        return self.clock.round(force=True), self.RETAIN
+
+    def snapshot(self) -> bytes:
         return self.clock.snapshot()
 
 
-class WindowsLogic(StatefulBatchLogic[Any, Output, Any]):
-    def __init__(self, window_us: int, horizon_us: int, snap: Any | None) -> None:
-        self.ns = (
-            NamespaceWindows(window_us, horizon_us)
+class ShardLogic(StatefulBatchLogic[Any, Report, bytes]):
+    def __init__(self, window_us: int, horizon_us: int, snap: bytes | None) -> None:
+        self.shard = (
+            Shard(window_us, horizon_us)
             if snap is None
-            else NamespaceWindows.restore(window_us, snap, horizon_us)
+            else Shard.restore(window_us, snap, horizon_us)
         )
 
-    def on_batch(self, values: list[Any]) -> tuple[list[Output], bool]:
-        out: list[Output] = []
+    def on_batch(self, values: list[Any]) -> tuple[list[Report], bool]:
+        out: list[Report] = []
+        shard = self.shard
         for item in values:
-            out.extend(self.ns.on_chunk(item) if isinstance(item, Chunk) else self.ns.on_tick(item))
+            out += shard.on_part(item) if type(item) is ShardPart else shard.on_tick(item)
+        return out, self.RETAIN
+
+    def on_eof(self) -> tuple[list[Report], bool]:
+        return self.shard.provisional(), self.RETAIN
+
+    def snapshot(self) -> bytes:
+        return self.shard.snapshot()
+
+
+class RowsLogic(StatefulBatchLogic[Report, Output, bytes]):
+    def __init__(self, window_us: int, snap: bytes | None) -> None:
+        self.rows = (
+            NamespaceRows(window_us) if snap is None else NamespaceRows.restore(window_us, snap)
+        )
+
+    def on_batch(self, values: list[Report]) -> tuple[list[Output], bool]:
+        out: list[Output] = []
+        for report in values:
+            out += self.rows.on_report(report)
         return out, self.RETAIN
 
     def on_eof(self) -> tuple[list[Output], bool]:
-        return self.ns.provisional(), self.RETAIN
+        return self.rows.provisional(), self.RETAIN
 
-    def snapshot(self) -> Any:
-        return self.ns.snapshot()
+    def snapshot(self) -> bytes:
+        return self.rows.snapshot()

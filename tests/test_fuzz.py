@@ -93,15 +93,18 @@ def test_every_message_ends_counted_skipped_or_dead_lettered(
         msgs = [Msg(offset + i, v) for i, v in enumerate(values)]
         offset += len(values)
         result = process_batch(
-            state, 0, msgs, lateness_us=10 * MIN, dedup_horizon_us=10 * MIN,
-            first_offset=0, end_offset=None, seen_at=datetime(2024, 5, 2, tzinfo=UTC),
+            state, 0, msgs, window_us=5 * MIN, shards=4, lateness_us=10 * MIN,
+            dedup_horizon_us=10 * MIN, first_offset=0, end_offset=None,
+            seen_at=datetime(2024, 5, 2, tzinfo=UTC),
         )  # fmt: skip
         c = result.stats.counts
         assert c.messages == len(values)
         assert c.counted + c.skipped + c.duplicates + c.late + c.dead_letters == c.messages
         assert len(result.dead) == c.dead_letters
         assert len(result.late) == c.late
-        assert sum(len(ch.events) for ch in result.chunks.values()) == c.counted
+        folded = sum(sum(w[:4]) for _key, part in result.parts for w in part.windows.values())
+        fresh = len(result.progress.fresh) if result.progress else 0
+        assert folded + fresh == c.counted
         assert all(row["error"] for row in result.dead)
 
 
@@ -170,8 +173,9 @@ def test_very_large_message(size_mb: int) -> None:
     big = orjson.dumps(envelope(traceId="x" * (size_mb * 2**20)))
     state = PartitionState(0, 5 * MIN)
     result = process_batch(
-        state, 0, [Msg(0, big), Msg(1, None)], lateness_us=10 * MIN, dedup_horizon_us=10 * MIN,
-        first_offset=0, end_offset=None, seen_at=datetime(2024, 5, 2, tzinfo=UTC),
+        state, 0, [Msg(0, big), Msg(1, None)], window_us=5 * MIN, shards=4,
+        lateness_us=10 * MIN, dedup_horizon_us=10 * MIN, first_offset=0, end_offset=None,
+        seen_at=datetime(2024, 5, 2, tzinfo=UTC),
     )  # fmt: skip
     assert result.stats.counts.counted == 1
     assert result.dead[0]["error"] == "empty message (tombstone)"

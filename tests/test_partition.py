@@ -1,4 +1,4 @@
-"""process_batch: counting identity, duplicates, lateness, dedup memory, chunks, progress."""
+"""process_batch: counting identity, duplicates, lateness, dedup memory, partials, progress."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from flows.core.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
-from flows.core.items import BatchResult, Chunk, Counts, EventRef, Progress
+from flows.core.items import BatchResult, Counts, EventRef, Progress, split_key
 from flows.core.partition import DedupMemory, PartitionState, process_batch
-from schemas.events import DISCONNECTED, DROPPED, REJECTED, REJOINED
+from schemas.events import DISCONNECTED, DROPPED, REJOINED
 
 T0 = parse_rfc3339_us("2024-05-01T12:00:00Z")
 MIN = 60 * US_PER_S
@@ -20,6 +20,8 @@ HORIZON = 10 * MIN
 BUCKET = MIN
 SEEN_AT = datetime(2024, 5, 2, tzinfo=UTC)
 PARTITION = 3
+W = 5 * MIN
+SHARDS = 4
 
 
 @dataclass
@@ -74,6 +76,8 @@ def run(
         state,
         PARTITION,
         msgs,  # type: ignore[arg-type]
+        window_us=W,
+        shards=SHARDS,
         lateness_us=LATENESS,
         dedup_horizon_us=HORIZON,
         first_offset=0,
@@ -84,8 +88,31 @@ def run(
     )
 
 
-def new_state(next_offset: int = 0) -> PartitionState:
-    return PartitionState(next_offset, BUCKET)
+def new_state(next_offset: int = 0, max_t_us: int | None = None) -> PartitionState:
+    """A partition's state; with ``max_t_us`` one that already has an event time, whose
+    events are folded into partial aggregates (else they go whole to the clock)."""
+    state = PartitionState(next_offset, BUCKET)
+    state.max_t_us = max_t_us
+    return state
+
+
+def folded_counts(result: BatchResult) -> dict[str, list[int]]:
+    """Counts per namespace (by kind) in the batch's partial aggregates."""
+    out: dict[str, list[int]] = {}
+    for key, part in result.parts:
+        namespace, _shard = split_key(key)
+        have = out.setdefault(namespace, [0, 0, 0, 0])
+        for window in part.windows.values():
+            for kind in range(4):
+                have[kind] += window[kind]
+    return out
+
+
+def counted_ids(result: BatchResult) -> list[str]:
+    """Ids of the counted events (the test events all have a session and a user, so every
+    non-rejection is an outcome event; rejections are only counted)."""
+    fresh = [e.id for e in result.progress.fresh] if result.progress else []
+    return fresh + sorted(e[2] for _key, part in result.parts for e in part.events)
 
 
 def identity_holds(c: Counts) -> bool:
@@ -114,7 +141,7 @@ def test_every_message_is_counted_once() -> None:
     assert identity_holds(counts)
     assert len(result.late) == counts.late
     assert len(result.dead) == counts.dead_letters
-    assert sum(len(c.events) for c in result.chunks.values()) == counts.counted
+    assert len(result.progress.fresh) == counts.counted  # type: ignore[union-attr]
 
 
 def test_dead_letter_rows() -> None:
@@ -136,7 +163,7 @@ def test_empty_batch() -> None:
     state = new_state(17)
     result = run(state, [])
     assert result.stats.counts == Counts()
-    assert result.chunks == {}
+    assert result.parts == []
     assert result.progress is None
     assert state.next_offset == 17
     assert result.stats.next_offset == 17
@@ -150,8 +177,8 @@ def test_duplicates_within_a_batch_are_counted_once() -> None:
     result = run(new_state(), msgs)
     assert result.stats.counts.counted == 1
     assert result.stats.counts.duplicates == 2
-    assert [e.id for e in result.chunks["ns-a"].events] == ["a"]
-    assert [e.offset for e in result.chunks["ns-a"].events] == [0]
+    assert result.progress is not None
+    assert [(e.id, e.offset) for e in result.progress.fresh] == [("a", 0)]
 
 
 def test_duplicates_across_batches() -> None:
@@ -161,7 +188,7 @@ def test_duplicates_across_batches() -> None:
     second = run(state, batch([event_bytes("b", T0 + MIN), event_bytes("c", T0)], 2))
     assert second.stats.counts.counted == 1
     assert second.stats.counts.duplicates == 1
-    assert [e.id for e in second.chunks["ns-a"].events] == ["c"]
+    assert counted_ids(second) == ["c"]
     assert identity_holds(second.stats.counts)
 
 
@@ -188,8 +215,8 @@ def test_late_event_goes_to_late_rows() -> None:
     result = run(state, msgs)
     assert result.stats.counts.counted == 1
     assert result.stats.counts.late == 1
-    assert [e.id for e in result.chunks["ns-a"].events] == ["edge"]
-    assert "ns-b" not in result.chunks
+    assert counted_ids(result) == ["edge"]
+    assert set(folded_counts(result)) == {"ns-a"}
     (row,) = result.late
     assert row == {
         "id": "late",
@@ -272,6 +299,8 @@ def test_longer_dedup_horizon_keeps_ids() -> None:
         state,
         PARTITION,
         msgs,  # type: ignore[arg-type]
+        window_us=W,
+        shards=SHARDS,
         lateness_us=LATENESS,
         dedup_horizon_us=60 * MIN,
         first_offset=0,
@@ -281,10 +310,10 @@ def test_longer_dedup_horizon_keeps_ids() -> None:
     assert len(state.dedup) == 2
 
 
-# --- chunks ----------------------------------------------------------------------------------
+# --- partial aggregates --------------------------------------------------------------------
 
 
-def test_chunks_group_by_namespace() -> None:
+def test_parts_fold_the_batch_per_namespace_and_shard() -> None:
     msgs = batch(
         [
             event_bytes("1", T0, "PartyDisconnectedEvent", "ns-a"),
@@ -296,27 +325,29 @@ def test_chunks_group_by_namespace() -> None:
         ],
         first_offset=100,
     )
-    state = new_state(100)
+    state = new_state(100, max_t_us=T0)
     result = run(state, msgs)
-    assert set(result.chunks) == {"ns-a", "ns-b"}
-    a, b = result.chunks["ns-a"], result.chunks["ns-b"]
-    assert isinstance(a, Chunk)
-    assert (a.namespace, a.partition, a.next_offset) == ("ns-a", PARTITION, 106)
-    assert (b.namespace, b.partition, b.next_offset) == ("ns-b", PARTITION, 106)
+    assert folded_counts(result) == {"ns-a": [1, 0, 1, 0], "ns-b": [0, 1, 0, 1]}
+    assert {(part.partition, part.next_offset) for _k, part in result.parts} == {(PARTITION, 106)}
+    for key, part in result.parts:
+        assert (part.namespace, part.shard) == split_key(key)
+        assert set(part.windows) == {T0}  # all in the window starting at T0
     assert state.next_offset == 106
     assert result.stats.next_offset == 106
-    assert a.events == [
-        EventRef(T0, DISCONNECTED, "1", "u-1", "s-1", 100, b"k100", msgs[0].value() or b""),
-        EventRef(T0 + 2, DROPPED, "3", "u-3", "s-3", 103, b"k103", msgs[3].value() or b""),
-    ]
-    assert [(e.kind, e.offset) for e in b.events] == [(REJOINED, 101), (REJECTED, 104)]
+    events = sorted(e for _k, part in result.parts for e in part.events)
+    assert events == [
+        (T0, 0, "1", "s-1", "u-1", DISCONNECTED),
+        (T0 + 1, 1, "2", "s-2", "u-2", REJOINED),
+        (T0 + 2, 1, "3", "s-3", "u-3", DROPPED),
+    ]  # the rejection is counted, not matched
+    assert result.progress is not None and result.progress.fresh == []
 
 
 def test_next_offset_follows_gaps_in_offsets() -> None:
     msgs = [Msg(event_bytes("a", T0), 10), Msg(event_bytes("b", T0), 25)]
-    state = new_state(10)
+    state = new_state(10, max_t_us=T0)
     result = run(state, msgs)
-    assert result.chunks["ns-a"].next_offset == 26
+    assert {part.next_offset for _key, part in result.parts} == {26}
     assert state.next_offset == 26
 
 
@@ -329,8 +360,9 @@ def test_progress_only_with_events_or_when_asked() -> None:
     assert skipped_only.progress is None
 
     reported = run(state, batch([other_bytes("y")], 2), report=True, pending=False)
-    assert reported.progress == Progress(PARTITION, 3, None, False, {})
+    assert reported.progress == Progress(PARTITION, 3, None, False, {}, [])
 
+    state.max_t_us = T0
     with_events = run(
         state,
         batch(
@@ -342,9 +374,15 @@ def test_progress_only_with_events_or_when_asked() -> None:
             3,
         ),
     )
-    assert with_events.progress == Progress(
-        PARTITION, 6, T0 + 9, True, {"ns-a": T0 + 7, "ns-b": T0 + 9}
-    )
+    progress = with_events.progress
+    assert progress is not None
+    assert (progress.partition, progress.next_offset, progress.max_t_us) == (PARTITION, 6, T0 + 9)
+    latest: dict[str, int] = {}
+    for key, t_us in progress.keys.items():
+        namespace, _shard = split_key(key)
+        latest[namespace] = max(latest.get(namespace, t_us), t_us)
+    assert latest == {"ns-a": T0 + 7, "ns-b": T0 + 9}
+    assert set(progress.keys) == {key for key, _part in with_events.parts}
 
 
 def test_progress_not_sent_when_all_events_were_duplicates_or_late() -> None:
@@ -355,7 +393,7 @@ def test_progress_not_sent_when_all_events_were_duplicates_or_late() -> None:
     assert result.stats.counts.late == 1
     assert result.progress is None
     reported = run(state, [], report=True)
-    assert reported.progress == Progress(PARTITION, 3, T0 + 60 * MIN, True, {})
+    assert reported.progress == Progress(PARTITION, 3, T0 + 60 * MIN, True, {}, [])
 
 
 def test_progress_max_is_the_partition_max_not_the_batch_max() -> None:
@@ -364,7 +402,7 @@ def test_progress_max_is_the_partition_max_not_the_batch_max() -> None:
     result = run(state, batch([event_bytes("b", T0 + MIN)], 1))
     assert result.progress is not None
     assert result.progress.max_t_us == T0 + 9 * MIN
-    assert result.progress.namespaces == {"ns-a": T0 + MIN}
+    assert set(result.progress.keys.values()) == {T0 + MIN}
 
 
 def test_a_remembered_id_arriving_late_is_a_duplicate() -> None:
@@ -382,14 +420,18 @@ def test_raw_bytes_travel_only_while_the_partition_has_no_event_time() -> None:
     state = new_state()
     first = run(state, batch([event_bytes("a", T0)]))
     later = run(state, batch([event_bytes("b", T0 + MIN)], 1))
-    assert first.chunks["ns-a"].events[0].value is not None
-    assert later.chunks["ns-a"].events[0].value is None
+    assert first.progress is not None and later.progress is not None
+    assert first.parts == [] and first.progress.keys == {}
+    (whole,) = first.progress.fresh
+    assert whole == EventRef(T0, DISCONNECTED, "a", "ns-a", "u-a", "s-a", 0, b"k0", whole.value)
+    assert whole.value == event_bytes("a", T0)
+    assert later.progress.fresh == [] and later.parts
 
 
 def test_offset_shift_keeps_downstream_offsets_growing() -> None:
-    state = new_state()
+    state = new_state(max_t_us=T0)
     state.offset_shift = 1000  # the topic was recreated after offset 1000
     result = run(state, batch([event_bytes("a", T0)], 0))
     assert result.stats.next_offset == 1
-    assert result.chunks["ns-a"].next_offset == 1001
+    assert {part.next_offset for _key, part in result.parts} == {1001}
     assert result.progress is not None and result.progress.next_offset == 1001

@@ -1,4 +1,10 @@
-"""The items that flow between the dataflow's steps. Plain tuples: cheap to build and pickle."""
+"""The items that flow between the dataflow's steps. Plain tuples: cheap to build and pickle.
+
+The partition step folds each consumed batch into partial aggregates, one ``ShardPart``
+per (namespace, shard) it touched; the shard step merges them and, when the watermark
+passes a window, reports what it holds for it to the namespace's rows step, which adds the
+shards' reports up into rows.
+"""
 
 from __future__ import annotations
 
@@ -7,43 +13,43 @@ from typing import Any, NamedTuple
 
 Row = dict[str, Any]
 
+WindowPart = list[Any]
+"""A partial aggregate of one (namespace, window) in one shard:
+``[disconnected, rejoined, dropped, rejected, user hashes (set), party hashes (set)]``."""
+
+OutcomeEvent = tuple[int, int, str, str, str, int]
+"""An event outcome matching needs: ``(t_us, rank, id, sessionId, userId, kind)``; rank 0
+for a disconnect, 1 for a rejoin or a drop (at equal times a disconnect comes first)."""
+
 
 class EventRef(NamedTuple):
-    """A counted, deduplicated, on-time event on its way to its namespace's windows."""
+    """A counted, deduplicated event kept whole: only while its partition had no event time
+    yet, when it may still meet a window already final (see flows.core.watermark)."""
 
     t_us: int
     kind: int
     id: str
+    namespace: str
     user_id: str | None
     session_id: str | None
     offset: int
-    key: bytes | None  # raw key and value: only while the partition had no event time yet
+    key: bytes | None
     value: bytes | None
-
-
-class Chunk(NamedTuple):
-    """One namespace's events from one consumed batch of one Kafka partition."""
-
-    namespace: str
-    partition: int
-    next_offset: int
-    events: list[EventRef]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Chunks cross processes to their namespace's worker. Pickled as they are, each
-        # EventRef costs Python-level calls; as plain tuples the pickler does it all in C.
-        plain = list(map(tuple, self.events))
-        return (_chunk, (self.namespace, self.partition, self.next_offset, plain))
-
-
-def _chunk(
-    namespace: str, partition: int, next_offset: int, events: list[tuple[Any, ...]]
-) -> Chunk:
-    return Chunk(namespace, partition, next_offset, list(map(event_ref, events)))
 
 
 event_ref = partial(tuple.__new__, EventRef)
 """An EventRef from a plain tuple of its fields, without a Python-level call (hot path)."""
+
+
+class ShardPart(NamedTuple):
+    """What one consumed batch of one partition holds for one (namespace, shard)."""
+
+    namespace: str
+    shard: int
+    partition: int
+    next_offset: int  # after the batch: a tick may wait for it
+    windows: dict[int, WindowPart]  # window start -> partial aggregate
+    events: list[OutcomeEvent]  # for outcome matching
 
 
 class Progress(NamedTuple):
@@ -54,15 +60,30 @@ class Progress(NamedTuple):
     next_offset: int
     max_t_us: int | None  # newest event time ever read from the partition
     pending: bool  # more data is known to be waiting in the partition
-    namespaces: dict[str, int]  # namespace -> latest event time in this batch
+    keys: dict[str, int]  # shard key -> latest event time in this batch
+    fresh: list[EventRef] = []  # events of a partition that had no event time yet
 
 
 class Tick(NamedTuple):
-    """Windows ending at or before ``closed_until`` are final, once the namespace has seen
-    every batch the watermark was computed from (``required``: partition -> next offset)."""
+    """Windows ending at or before ``closed_until`` are final, once the shard has seen
+    every batch the watermark was computed from (``required``: partition -> next offset).
+    ``expected``: the shards of the namespace this tick went to, which all report on it."""
 
     closed_until: int
     required: dict[int, int]
+    expected: tuple[int, ...]
+
+
+class Report(NamedTuple):
+    """What a shard closed on one tick (or holds at the end of a run, ``provisional``)."""
+
+    namespace: str
+    closed_until: int
+    shard: int
+    expected: tuple[int, ...]
+    rates: dict[int, tuple[int, ...]]  # window start -> (4 counts, users, parties)
+    outcomes: dict[int, Any]  # window start -> OutcomeAgg
+    provisional: bool = False
 
 
 class Counts(NamedTuple):
@@ -94,7 +115,7 @@ class BatchStats(NamedTuple):
 class BatchResult(NamedTuple):
     """Everything one consumed batch of one partition produced."""
 
-    chunks: dict[str, Chunk]
+    parts: list[tuple[str, ShardPart]]  # (shard key, part)
     progress: Progress | None
     late: list[Row]
     dead: list[Row]
@@ -104,3 +125,14 @@ class BatchResult(NamedTuple):
 
 class FlushTick(NamedTuple):
     """Sent to every sink partition while following: write what is due, even when idle."""
+
+
+def shard_key(namespace: str, shard: int) -> str:
+    """The key of one shard of a namespace (the shard first: a namespace may hold any text)."""
+    return f"{shard}:{namespace}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    """(namespace, shard) of a shard key."""
+    shard, _, namespace = key.partition(":")
+    return namespace, int(shard)

@@ -10,15 +10,18 @@ Events are matched only once the watermark has passed them, in event-time order,
 result does not depend on the order they arrived in (an outcome read before its own
 disconnect from another partition is matched all the same). A disconnect window's row is
 final once the watermark is past the window's end plus the horizon.
+
+A namespace's players are split over shards by their ``sessionId`` (flows.core.partials);
+each shard matches its own players and the window's outcome aggregates of all shards add
+up exactly (``OutcomeAgg.merge``), percentiles included: the rejoin times are kept whole.
 """
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 from flows.core.eventtime import US_PER_S, window_columns
-from flows.core.items import Row
+from flows.core.items import OutcomeEvent, Row
 from schemas.events import DISCONNECTED, DROPPED, REJOINED
 
 _RANK = {DISCONNECTED: 0, REJOINED: 1, DROPPED: 1}  # at equal times a disconnect comes first
@@ -50,9 +53,30 @@ class OutcomeAgg:
     def __init__(self) -> None:
         self.disconnects = self.rejoined = self.dropped = 0
         self.unresolved = self.superseded = self.orphans = 0
-        self.rejoin_s: list[float] = []  # kept sorted
+        self.rejoin_s: list[float] = []  # sorted when a row is made
+
+    def merge(self, other: OutcomeAgg) -> OutcomeAgg:
+        """A new aggregate holding both (another shard's part of the same window)."""
+        out = OutcomeAgg()
+        out.disconnects = self.disconnects + other.disconnects
+        out.rejoined = self.rejoined + other.rejoined
+        out.dropped = self.dropped + other.dropped
+        out.unresolved = self.unresolved + other.unresolved
+        out.superseded = self.superseded + other.superseded
+        out.orphans = self.orphans + other.orphans
+        out.rejoin_s = self.rejoin_s + other.rejoin_s
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OutcomeAgg):
+            return NotImplemented
+        same = all(getattr(self, a) == getattr(other, a) for a in self.__slots__ if a != "rejoin_s")
+        return same and sorted(self.rejoin_s) == sorted(other.rejoin_s)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def to_row(self, namespace: str, start_us: int, window_us: int, is_final: bool) -> Row:
+        self.rejoin_s.sort()
         decided = self.rejoined + self.dropped
         return window_columns(namespace, start_us, window_us) | {
             "disconnects": self.disconnects,
@@ -81,7 +105,7 @@ class OutcomeMatcher:
     def __init__(self, window_us: int, horizon_us: int) -> None:
         self.window_us = window_us
         self.horizon_us = horizon_us
-        self.pending: list[tuple[int, int, str, tuple[str, str], int]] = []  # not yet matched
+        self.pending: list[OutcomeEvent] = []  # not yet matched
         self.open: dict[tuple[str, str], int] = {}  # player -> disconnect time
         self.aggs: dict[int, OutcomeAgg] = {}  # window start -> outcomes
 
@@ -90,7 +114,11 @@ class OutcomeMatcher:
     ) -> None:
         """An on-time event of this namespace (other kinds and anonymous events are ignored)."""
         if kind in _RANK and session and user:
-            self.pending.append((t_us, _RANK[kind], event_id, (session, user), kind))
+            self.pending.append((t_us, _RANK[kind], event_id, session, user, kind))
+
+    def extend(self, events: list[OutcomeEvent]) -> None:
+        """Events already in the matcher's form (flows.core.partials)."""
+        self.pending += events
 
     def _agg(self, t_us: int) -> OutcomeAgg:
         start = t_us - t_us % self.window_us
@@ -101,29 +129,34 @@ class OutcomeMatcher:
 
     def advance(self, closed_until: int) -> None:
         """Match every event before ``closed_until`` in event-time order; expire incidents."""
-        ready = [e for e in self.pending if e[0] < closed_until]
-        if ready:
-            self.pending = [e for e in self.pending if e[0] >= closed_until]
-            ready.sort()
-        for t_us, _rank, _id, player, kind in ready:
-            opened = self.open.get(player)
-            if opened is not None and t_us - opened > self.horizon_us:
-                self._agg(opened).unresolved += 1  # its horizon passed before this event
-                del self.open[player]
+        pending = self.pending
+        ready = [e for e in pending if e[0] < closed_until]
+        if len(ready) < len(pending):
+            self.pending = [e for e in pending if e[0] >= closed_until]
+        else:
+            self.pending = []
+        ready.sort()
+        horizon, opened_at, agg_of = self.horizon_us, self.open, self._agg
+        for t_us, _rank, _id, session, user, kind in ready:
+            player = (session, user)
+            opened = opened_at.get(player)
+            if opened is not None and t_us - opened > horizon:
+                agg_of(opened).unresolved += 1  # its horizon passed before this event
+                del opened_at[player]
                 opened = None
             if kind == DISCONNECTED:
-                self._agg(t_us).disconnects += 1
+                agg_of(t_us).disconnects += 1
                 if opened is not None:
-                    self._agg(opened).superseded += 1
-                self.open[player] = t_us
+                    agg_of(opened).superseded += 1
+                opened_at[player] = t_us
             elif opened is None:
-                self._agg(t_us).orphans += 1
+                agg_of(t_us).orphans += 1
             else:
-                agg = self._agg(opened)
-                del self.open[player]
+                agg = agg_of(opened)
+                del opened_at[player]
                 if kind == REJOINED:
                     agg.rejoined += 1
-                    bisect.insort(agg.rejoin_s, (t_us - opened) / US_PER_S)
+                    agg.rejoin_s.append((t_us - opened) / US_PER_S)
                 else:
                     agg.dropped += 1
         # An incident whose horizon ends before every event still to come is unresolved.
@@ -132,16 +165,24 @@ class OutcomeMatcher:
                 self._agg(opened).unresolved += 1
                 del self.open[player]
 
+    def final_aggs(self, closed_until: int) -> dict[int, OutcomeAgg]:
+        """The windows whose every disconnect is decided, removed from the state."""
+        w = self.window_us
+        done = sorted(s for s in self.aggs if s + w + self.horizon_us <= closed_until)
+        return {s: self.aggs.pop(s) for s in done}
+
+    def provisional_aggs(self) -> dict[int, OutcomeAgg]:
+        """Copies of the windows not final yet."""
+        return {s: agg.copy() for s, agg in sorted(self.aggs.items())}
+
     def final_rows(self, namespace: str, closed_until: int) -> list[Row]:
         """Rows of the windows whose every disconnect is decided, removed from the state."""
         w = self.window_us
-        done = sorted(s for s in self.aggs if s + w + self.horizon_us <= closed_until)
-        return [self.aggs.pop(s).to_row(namespace, s, w, True) for s in done]
+        return [a.to_row(namespace, s, w, True) for s, a in self.final_aggs(closed_until).items()]
 
     def provisional_rows(self, namespace: str) -> list[Row]:
-        return [
-            agg.to_row(namespace, s, self.window_us, False) for s, agg in sorted(self.aggs.items())
-        ]
+        w = self.window_us
+        return [a.to_row(namespace, s, w, False) for s, a in self.provisional_aggs().items()]
 
     def snapshot(self) -> tuple[Any, ...]:
         return (list(self.pending), dict(self.open), {s: a.copy() for s, a in self.aggs.items()})

@@ -1,4 +1,4 @@
-"""Per-partition processing of a consumed batch: skip, parse, drop late, deduplicate.
+"""Per-partition processing of a consumed batch: skip, parse, drop late, deduplicate, fold.
 
 Everything here depends only on the partition's own message order, so the outcome does not
 depend on how fast other partitions were read or where runs were cut:
@@ -19,8 +19,9 @@ from datetime import datetime
 from typing import Protocol
 
 from flows.core.eventtime import to_datetime
-from flows.core.items import BatchResult, BatchStats, Chunk, Counts, Progress, Row, event_ref
+from flows.core.items import BatchResult, BatchStats, Counts, EventRef, Progress, Row, event_ref
 from flows.core.parsing import NAMES_COUNTED, Event, classify, looks_like_object, parse_candidate
+from flows.core.partials import fold, to_parts
 from schemas.events import COUNTED_NAMES
 
 
@@ -80,6 +81,8 @@ def process_batch(
     partition: int,
     messages: list[KafkaMessage],
     *,
+    window_us: int,
+    shards: int,
     lateness_us: int,
     dedup_horizon_us: int,
     first_offset: int,
@@ -88,23 +91,24 @@ def process_batch(
     report: bool = False,
     pending: bool = True,
 ) -> BatchResult:
-    """Classify a batch of one partition's messages, in offset order, updating ``state``.
+    """Classify a batch of one partition's messages, in offset order, updating ``state``,
+    and fold its counted events into partial aggregates per (namespace, shard).
 
     Progress is reported when the batch had events, or when ``report`` asks for it (first
     batch of a run, end of the partition); ``pending`` tells whether more data waits.
     """
     skipped = duplicates = 0
-    chunks: dict[str, Chunk] = {}
+    counted: list[Event] = []
+    fresh: list[EventRef] = []
     late: list[Row] = []
     dead: list[Row] = []
-    ns_max: dict[str, int] = {}
-    counted = 0
     max_t = state.max_t_us
-    # Raw bytes ride along only while the partition has no event time yet: only then can
-    # an on-time event meet a window already final (see flows.core.watermark).
-    fresh = max_t is None
+    # While the partition has no event time, its events may meet a window already final
+    # (see flows.core.watermark): they go to the clock whole, raw bytes included.
+    is_fresh = max_t is None
     dedup = state.dedup
     seen_ids = dedup.ids
+    remember = dedup.add
     mentions_counted = NAMES_COUNTED.search
     for msg in messages:
         value = msg.value()
@@ -119,53 +123,45 @@ def process_batch(
         if result is None:
             skipped += 1
             continue
-        if not isinstance(result, Event):
+        if type(result) is str:
             dead.append(dead_letter_row(partition, msg, result, seen_at))
             continue
+        assert isinstance(result, Event)
         t_us = result.t_us
         if result.id in seen_ids:
             duplicates += 1  # also when it comes late: the first copy was counted
             continue
         if max_t is not None and t_us < max_t - lateness_us:
-            late.append(late_row(partition, msg, result))
+            late.append(
+                late_row(
+                    partition, msg.offset(), msg.key(), value, result.id, result.namespace,
+                    result.kind, t_us,
+                )
+            )  # fmt: skip
             continue
-        dedup.add(result.id, t_us)
-        counted += 1
+        remember(result.id, t_us)
         if max_t is None or t_us > max_t:
             max_t = t_us
-        ns = result.namespace
-        if ns_max.get(ns, t_us - 1) < t_us:
-            ns_max[ns] = t_us
-        chunk = chunks.get(ns)
-        if chunk is None:
-            chunk = chunks[ns] = Chunk(ns, partition, 0, [])
-        chunk.events.append(
-            event_ref(
-                (
-                    t_us,
-                    result.kind,
-                    result.id,
-                    result.user_id,
-                    result.session_id,
-                    msg.offset(),
-                    msg.key() if fresh else None,
-                    value if fresh else None,
-                )
-            )
-        )
+        if is_fresh:
+            fresh.append(event_ref((*result, msg.offset(), msg.key(), value)))
+        else:
+            counted.append(result)
     if messages:
         state.next_offset = messages[-1].offset() + 1
     next_offset = state.next_offset + state.offset_shift  # monotonic across topic resets
     state.max_t_us = max_t
     if max_t is not None:
         dedup.forget_before(max_t - max(dedup_horizon_us, lateness_us))
-    chunks = {ns: c._replace(next_offset=next_offset) for ns, c in chunks.items()}
+    parts, latest = to_parts(fold(counted, window_us, shards), partition, next_offset)
+    n_counted = len(counted) + len(fresh)
     progress = (
-        Progress(partition, next_offset, max_t, pending, ns_max) if counted or report else None
+        Progress(partition, next_offset, max_t, pending, latest, fresh)
+        if n_counted or report
+        else None
     )
-    counts = Counts(len(messages), counted, skipped, duplicates, len(late), len(dead))
+    counts = Counts(len(messages), n_counted, skipped, duplicates, len(late), len(dead))
     stats = BatchStats(partition, first_offset, state.next_offset, end_offset, counts)
-    return BatchResult(chunks, progress, late, dead, stats)
+    return BatchResult(parts, progress, late, dead, stats)
 
 
 def dead_letter_row(partition: int, msg: KafkaMessage, error: str, seen_at: datetime) -> Row:
@@ -180,15 +176,24 @@ def dead_letter_row(partition: int, msg: KafkaMessage, error: str, seen_at: date
     }
 
 
-def late_row(partition: int, msg: KafkaMessage, event: Event) -> Row:
+def late_row(
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    event_id: str,
+    namespace: str,
+    kind: int,
+    t_us: int,
+) -> Row:
     """A ``late_events`` row for a counted event that came after its window was final."""
     return {
-        "id": event.id,
-        "namespace": event.namespace,
-        "name": COUNTED_NAMES[event.kind],
-        "event_time": to_datetime(event.t_us),
+        "id": event_id,
+        "namespace": namespace,
+        "name": COUNTED_NAMES[kind],
+        "event_time": to_datetime(t_us),
         "partition": partition,
-        "offset": msg.offset(),
-        "key": msg.key(),
-        "value": msg.value(),
+        "offset": offset,
+        "key": key,
+        "value": value,
     }

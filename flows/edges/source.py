@@ -161,6 +161,8 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         self.lateness_us = settings.lateness_us
         self.dedup_horizon_us = settings.dedup_horizon_us
         self.bucket_us = settings.window_us
+        self.window_us = settings.window_us
+        self.shards = settings.shards
         self.timeout_s = settings.connect_seconds
         self.broker_timeout_s = settings.broker_seconds
         self.brokers = settings.brokers
@@ -330,6 +332,8 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             self.state,
             self.partition,
             good,
+            window_us=self.source.window_us,
+            shards=self.source.shards,
             lateness_us=self.source.lateness_us,
             dedup_horizon_us=self.source.dedup_horizon_us,
             first_offset=self.first_offset,

@@ -17,7 +17,7 @@ from bytewax.recovery import init_db_dir
 
 from flows.settings import Settings
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 """Bumped whenever a class pickled in the state moves or changes: an older state is refused
 with a clear message instead of failing to load (``tests/test_flow.py`` holds the list)."""
 META = "party_rates_state.json"
@@ -40,6 +40,7 @@ MUST_MATCH = (  # (compared key, what it is, key shown, what to do)
         "outcome_horizon",
         f"outcome rows already final used the old horizon; changing it {FRESH}",
     ),
+    ("shards", "shards", "shards", f"namespaces are split by it; changing it {FRESH}"),
     ("output", "output", "output", "use the state directory made for this output"),
 )
 
@@ -58,6 +59,7 @@ def state_meta(settings: Settings) -> dict[str, object]:
         "outcome_horizon": settings.outcome_horizon,
         "outcome_horizon_us": settings.outcome_horizon_us,
         "allowed_lateness_us": settings.lateness_us,
+        "shards": settings.shards,
         "output": settings.output,
     }
 

@@ -1,0 +1,117 @@
+"""One shard of a namespace: its partial window aggregates and its players' outcomes.
+
+A shard merges the partial aggregates the partition step folded (counts, hashes of the
+distinct users and parties that fall in it) and matches the disconnects of its players to
+their outcomes. It applies watermark ticks only once it has received every batch a tick was
+computed from, so a tick never overtakes data; on each tick it reports to its namespace's
+rows step what it closed: every window the tick made final, and the outcome aggregates of
+every window whose outcome horizon passed. Every tick is answered, if only with an empty
+report, so the rows step knows when it has every shard's part.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from flows.core.eventtime import US_PER_S
+from flows.core.items import Report, ShardPart, Tick, WindowPart
+from flows.core.outcomes import OutcomeMatcher
+from flows.core.partials import merge_window, summary
+
+
+class Shard:
+    """One (namespace, shard)'s open windows, open incidents and watermark bookkeeping."""
+
+    def __init__(self, window_us: int, horizon_us: int = 3600 * US_PER_S) -> None:
+        self.namespace = ""  # learnt from the first part
+        self.shard = 0
+        self.window_us = window_us
+        self.outcomes = OutcomeMatcher(window_us, horizon_us)
+        self.closed_until: int | None = None  # windows ending at or before it are final
+        self.seen: dict[int, int] = {}  # partition -> next offset of the latest part
+        self.pending: list[Tick] = []
+        self.windows: dict[int, WindowPart] = {}
+
+    def on_part(self, part: ShardPart) -> list[Report]:
+        self.namespace, self.shard = part.namespace, part.shard
+        windows = self.windows
+        for start, window in part.windows.items():
+            mine = windows.get(start)
+            if mine is None:
+                windows[start] = window
+            else:
+                merge_window(mine, window)
+        if part.events:
+            self.outcomes.extend(part.events)
+        if self.seen.get(part.partition, -1) < part.next_offset:
+            self.seen[part.partition] = part.next_offset
+        return self._apply_ready() if self.pending else []
+
+    def on_tick(self, tick: Tick) -> list[Report]:
+        self.pending.append(tick)
+        return self._apply_ready()
+
+    def _ready(self, tick: Tick) -> bool:
+        return all(self.seen.get(p, -1) >= off for p, off in tick.required.items())
+
+    def _apply_ready(self) -> list[Report]:
+        out: list[Report] = []
+        while self.pending and self._ready(self.pending[0]):
+            out.append(self._close(self.pending.pop(0)))
+        return out
+
+    def _close(self, tick: Tick) -> Report:
+        """What the tick makes final. A tick older than one applied closes nothing, but is
+        answered all the same."""
+        closed = tick.closed_until
+        rates: dict[int, tuple[int, ...]] = {}
+        outcomes: dict[int, Any] = {}
+        if self.closed_until is None or closed > self.closed_until:
+            self.closed_until = closed
+            w = self.window_us
+            for start in sorted(s for s in self.windows if s + w <= closed):
+                rates[start] = summary(self.windows.pop(start))
+            self.outcomes.advance(closed)
+            outcomes = self.outcomes.final_aggs(closed)
+        return Report(self.namespace, closed, self.shard, tick.expected, rates, outcomes)
+
+    def provisional(self) -> list[Report]:
+        """At the end of a run: the ticks that can be applied, then what is still open."""
+        out = self._apply_ready()
+        rates: dict[int, tuple[int, ...]] = {s: summary(w) for s, w in sorted(self.windows.items())}
+        outcomes = self.outcomes.provisional_aggs()
+        if rates or outcomes:
+            closed = self.closed_until or 0
+            out.append(Report(self.namespace, closed, self.shard, (), rates, outcomes, True))
+        return out
+
+    def snapshot(self) -> bytes:
+        """The state, pickled at once: later changes cannot reach a snapshot in flight."""
+        return pickle.dumps(
+            (
+                self.namespace,
+                self.shard,
+                self.closed_until,
+                self.seen,
+                self.pending,
+                self.windows,
+                self.outcomes.snapshot(),
+            ),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    @classmethod
+    def restore(cls, window_us: int, snap: bytes, horizon_us: int = 3600 * US_PER_S) -> Shard:
+        self = cls(window_us, horizon_us)
+        (
+            self.namespace,
+            self.shard,
+            self.closed_until,
+            self.seen,
+            self.pending,
+            self.windows,
+            outcomes,
+        ) = pickle.loads(snap)
+        self.outcomes.restore(outcomes)
+        return self

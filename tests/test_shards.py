@@ -1,0 +1,384 @@
+"""Partial aggregates (fold, merge), one shard (ticks, closing, reports) and a namespace's
+rows step (the shards' reports added up)."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import date
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.core.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
+from flows.core.items import Report, ShardPart, Tick, split_key
+from flows.core.outcomes import OutcomeAgg, OutcomeMatcher
+from flows.core.partials import Counted, fold, merge_window, merged, new_window, summary, to_parts
+from flows.core.rows import NamespaceRows, rates_row
+from flows.core.shards import Shard
+from schemas.events import DISCONNECTED, DROPPED, REJECTED, REJOINED
+from schemas.output import RATES_SCHEMA
+
+MIN = 60 * US_PER_S
+W = 5 * MIN
+H = 60 * MIN
+T0 = parse_rfc3339_us("2024-05-01T12:00:00Z")  # a window boundary
+
+
+def counted(t_us: int, kind: int = DISCONNECTED, eid: str = "e", ns: str = "ns-a",
+            user: str | None = "u", session: str | None = "s") -> Counted:  # fmt: skip
+    return (t_us, kind, eid, ns, user, session)
+
+
+def whole(events: list[Counted], shards: int = 1) -> dict[int, list[int]]:
+    """The summed summaries per window, over every shard: what the rows step computes."""
+    out: dict[int, list[int]] = {}
+    for (_shard, _ns), (windows, _events, _t) in fold(events, W, shards).items():
+        for start, window in windows.items():
+            have = out.setdefault(start, [0] * 6)
+            for i, n in enumerate(summary(window)):
+                have[i] += n
+    return out
+
+
+# --- rows from summed counts ----------------------------------------------------------------
+
+
+def test_rates_row_counts_rates_and_ratios() -> None:
+    events = [
+        counted(T0, DISCONNECTED, "1", user="u1", session="p1"),
+        counted(T0, DISCONNECTED, "2", user="u1", session="p1"),  # same user and party again
+        counted(T0, DISCONNECTED, "3", user="u2", session="p2"),
+        counted(T0, DISCONNECTED, "4", user=None, session=None),
+        counted(T0, REJOINED, "5", user="u3", session="p3"),
+        counted(T0, DROPPED, "6", user="u4", session="p4"),
+        counted(T0, REJECTED, "7", user="u5", session="p5"),  # not a connection problem
+        counted(T0, REJECTED, "8", user="u6", session="p6"),
+    ]
+    sums = whole(events, shards=4)[T0]
+    row = rates_row("ns-a", T0, W, sums, True)
+    assert row == {
+        "namespace": "ns-a",
+        "date": date(2024, 5, 1),
+        "window_start": to_datetime(T0),
+        "window_end": to_datetime(T0 + W),
+        "disconnected": 4,
+        "rejoined": 1,
+        "dropped": 1,
+        "rejected": 2,
+        "users_disconnected": 2,  # u1, u2: only disconnects, only non-empty ids
+        "parties_affected": 4,  # p1, p2, p3, p4: not p5/p6 from the rejections
+        "disconnects_per_min": 4 / 5,
+        "drops_per_min": 1 / 5,
+        "drop_ratio": 1 / 4,
+        "rejoin_ratio": 1 / 4,
+        "is_final": True,
+    }
+    assert set(row) == set(RATES_SCHEMA.names)
+
+
+def test_ratios_are_null_without_disconnects() -> None:
+    sums = whole([counted(T0, REJOINED), counted(T0, DROPPED, "x")])[T0]
+    row = rates_row("ns-a", T0, MIN, sums, False)
+    assert (row["drop_ratio"], row["rejoin_ratio"]) == (None, None)
+    assert (row["disconnects_per_min"], row["drops_per_min"]) == (0.0, 1.0)
+    assert row["is_final"] is False
+    assert (row["users_disconnected"], row["parties_affected"]) == (0, 1)
+
+
+def test_per_minute_rates_scale_with_the_window() -> None:
+    sums = [30, 0, 0, 0, 30, 0]
+    assert rates_row("ns", T0, 60 * MIN, sums, True)["disconnects_per_min"] == 0.5
+    assert rates_row("ns", T0, 30 * US_PER_S, sums, True)["disconnects_per_min"] == 60.0
+
+
+def test_users_only_from_disconnects_parties_not_from_rejections() -> None:
+    events = [
+        counted(T0, REJOINED, "1", user="u1", session=None),
+        counted(T0, DROPPED, "2", user="u2", session=""),
+        counted(T0, REJECTED, "3", user="u3", session="p0"),
+    ]
+    assert whole(events)[T0][4:] == [0, 0]
+    events.append(counted(T0, DISCONNECTED, "4", user="u4", session="p1"))
+    assert whole(events)[T0][4:] == [1, 1]
+
+
+def test_events_go_to_epoch_aligned_windows() -> None:
+    events = [counted(T0), counted(T0 + W - 1, eid="2"), counted(T0 + W), counted(T0 - 1)]
+    sums = whole(events)
+    assert sorted(sums) == [T0 - W, T0, T0 + W]
+    assert sums[T0][DISCONNECTED] == 2
+
+
+# --- fold and merge -----------------------------------------------------------------------------
+
+EVENTS = st.lists(
+    st.tuples(
+        st.integers(0, 3 * W),
+        st.sampled_from([DISCONNECTED, REJOINED, DROPPED, REJECTED]),
+        st.sampled_from(["ns-a", "ns-b"]),
+        st.none() | st.sampled_from(["", "u1", "u2", "u3", "u4", "u5"]),
+        st.none() | st.sampled_from(["", "p1", "p2", "p3", "p4"]),
+    ),
+    max_size=60,
+)
+
+
+def _events(drawn: list[tuple[int, int, str, str | None, str | None]]) -> list[Counted]:
+    return [(T0 + t, k, f"e{i}", ns, u, s) for i, (t, k, ns, u, s) in enumerate(drawn)]
+
+
+def _merge_folds(*folds: dict) -> dict:
+    out: dict = {}
+    for folded in folds:
+        for key, (windows, events, latest) in folded.items():
+            have = out.setdefault(key, ({}, [], [latest[0]]))
+            have[2][0] = max(have[2][0], latest[0])
+            have[1].extend(events)
+            for start, window in windows.items():
+                merge_window(have[0].setdefault(start, new_window()), window)
+    return out
+
+
+def _canonical(folded: dict) -> dict:
+    return {k: (w, sorted(e), t) for k, (w, e, t) in folded.items()}
+
+
+@given(events=EVENTS, data=st.data(), shards=st.sampled_from([1, 2, 4, 7]))
+def test_merging_any_split_equals_folding_the_whole(events, data, shards: int) -> None:
+    batch = _events(events)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(batch)), max_size=3)))
+    pieces = [batch[a:b] for a, b in zip([0, *cuts], [*cuts, len(batch)], strict=True)]
+    folds = [fold(piece, W, shards) for piece in pieces]
+    assert _canonical(_merge_folds(*folds)) == _canonical(fold(batch, W, shards))
+    # in any order (merging is commutative)
+    assert _canonical(_merge_folds(*reversed(folds))) == _canonical(fold(batch, W, shards))
+
+
+@given(events=EVENTS, shards=st.sampled_from([1, 2, 3, 8]))
+def test_distinct_counts_add_up_over_shards(events, shards: int) -> None:
+    """The shards partition the hash space: the sum of their distinct counts is the distinct
+    count of the whole, and the counts are those of the events."""
+    batch = _events(events)
+    sums = {
+        (ns, start): counts
+        for ns in ("ns-a", "ns-b")
+        for start, counts in whole([e for e in batch if e[3] == ns], shards).items()
+    }
+    for (ns, start), counts in sums.items():
+        inside = [e for e in batch if e[3] == ns and e[0] - e[0] % W == start]
+        assert counts[:4] == [sum(1 for e in inside if e[1] == k) for k in range(4)]
+        users = {e[4] for e in inside if e[1] == DISCONNECTED and e[4]}
+        parties = {e[5] for e in inside if e[1] != REJECTED and e[5]}
+        assert counts[4:] == [len(users), len(parties)]
+
+
+@given(a=EVENTS, b=EVENTS, c=EVENTS)
+@settings(max_examples=50)
+def test_merge_is_associative_and_commutative(a, b, c) -> None:
+    parts = [fold(_events(x), W, 1).get((0, "ns-a"), ({}, [], [0]))[0].get(T0, new_window())
+             for x in (a, b, c)]  # fmt: skip
+    x, y, z = parts
+    assert merged(merged(x, y), z) == merged(x, merged(y, z))
+    assert merged(x, y) == merged(y, x)
+
+
+def test_a_party_and_its_players_share_one_shard() -> None:
+    """Outcome matching is per player within its party: all of a party's events are in one
+    shard, whatever the user."""
+    events = [counted(T0 + i, k, f"e{i}", user=f"u{i % 3}", session="party-9")
+              for i, k in enumerate([DISCONNECTED, REJOINED, DROPPED, DISCONNECTED])]  # fmt: skip
+    folded = fold(events, W, 16)
+    with_events = [key for key, (_w, evs, _t) in folded.items() if evs]
+    assert len(with_events) == 1
+    assert len(folded[with_events[0]][1]) == 4
+
+
+def test_parts_are_keyed_by_shard_and_carry_their_batch_position() -> None:
+    parts, latest = to_parts(fold([counted(T0), counted(T0 + 9, eid="2")], W, 4), 3, 77)
+    for key, part in parts:
+        assert (part.namespace, part.shard) == split_key(key)
+        assert (part.partition, part.next_offset) == (3, 77)
+    assert set(latest) == {key for key, _ in parts}
+    assert max(latest.values()) == T0 + 9
+
+
+def test_parts_pickle_small() -> None:
+    """What crosses processes grows with windows and distinct ids, not with events."""
+    many = [counted(T0 + i, REJECTED, f"e{i}", user="u", session="p") for i in range(5000)]
+    parts, _ = to_parts(fold(many, W, 4), 0, 1)
+    assert len(pickle.dumps(parts)) < 1000
+
+
+# --- Shard ----------------------------------------------------------------------------------
+
+
+def part(events: list[Counted], partition: int = 0, next_offset: int = 1) -> ShardPart:
+    """Every event's part, as one shard's (the tests use one shard)."""
+    ((_key, p),), _latest = to_parts(fold(events, W, 1), partition, next_offset)
+    return p
+
+
+def test_tick_waits_for_required_offsets() -> None:
+    shard = Shard(W, H)
+    shard.on_part(part([counted(T0)], partition=0, next_offset=5))
+    assert shard.on_tick(Tick(T0 + W, {0: 5, 1: 9}, (0,))) == []  # partition 1 not seen yet
+    (report,) = shard.on_part(part([counted(T0 + 1, eid="2")], partition=1, next_offset=9))
+    assert report.closed_until == T0 + W
+    assert report.rates == {T0: (2, 0, 0, 0, 1, 1)}
+
+
+def test_tick_is_applied_at_once_when_data_already_seen() -> None:
+    shard = Shard(W, H)
+    shard.on_part(part([counted(T0)], next_offset=5))
+    (report,) = shard.on_tick(Tick(T0 + W, {0: 4}, (0,)))
+    assert (report.namespace, report.shard, report.expected) == ("ns-a", 0, (0,))
+    assert shard.windows == {}
+
+
+def test_closes_windows_ending_at_or_before_closed_until_only() -> None:
+    shard = Shard(W, H)
+    shard.on_part(part([counted(T0), counted(T0 + W, eid="2"), counted(T0 + 2 * W, eid="3")]))
+    (report,) = shard.on_tick(Tick(T0 + 2 * W, {0: 1}, (0,)))
+    assert sorted(report.rates) == [T0, T0 + W]
+    assert sorted(shard.windows) == [T0 + 2 * W]
+
+
+def test_an_older_tick_closes_nothing_but_is_answered() -> None:
+    shard = Shard(W, H)
+    shard.on_part(part([counted(T0)]))
+    shard.on_tick(Tick(T0 + 2 * W, {0: 1}, (0,)))
+    (report,) = shard.on_tick(Tick(T0 + W, {0: 1}, (0, 1)))
+    assert (report.closed_until, report.rates, report.outcomes) == (T0 + W, {}, {})
+    assert report.expected == (0, 1)
+    assert shard.closed_until == T0 + 2 * W
+
+
+def test_outcomes_are_reported_an_outcome_horizon_after_their_window() -> None:
+    shard = Shard(W, H)
+    shard.on_part(part([counted(T0, DISCONNECTED), counted(T0 + 10 * US_PER_S, REJOINED, "r")]))
+    (report,) = shard.on_tick(Tick(T0 + W, {0: 1}, (0,)))
+    assert report.rates and report.outcomes == {}
+    (report,) = shard.on_tick(Tick(T0 + W + H, {0: 1}, (0,)))
+    (agg,) = report.outcomes.values()
+    assert (agg.disconnects, agg.rejoined, agg.rejoin_s) == (1, 1, [10.0])
+
+
+def test_provisional_applies_ready_ticks_then_reports_what_is_open() -> None:
+    shard = Shard(W, H)
+    shard.on_part(part([counted(T0), counted(T0 + W, eid="2")]))
+    shard.pending.append(Tick(T0 + W, {0: 1}, (0,)))
+    final, provisional = shard.provisional()
+    assert not final.provisional and sorted(final.rates) == [T0]
+    assert provisional.provisional and sorted(provisional.rates) == [T0 + W]
+    assert sorted(provisional.outcomes) == [T0]  # matched, not decided yet
+
+
+def test_snapshot_restore_round_trip_and_independence() -> None:
+    shard = Shard(W, H)
+    shard.on_part(part([counted(T0), counted(T0 + 1, REJOINED, "r")], next_offset=3))
+    shard.on_tick(Tick(T0 + 3 * W, {0: 9}, (0,)))  # waits for offset 9
+    snap = shard.snapshot()
+    shard.on_part(part([counted(T0 + 2, eid="later")], next_offset=4))
+    restored = Shard.restore(W, snap, H)
+    assert restored.seen == {0: 3}
+    assert restored.windows[T0][:4] == [1, 1, 0, 0]
+    assert [t.closed_until for t in restored.pending] == [T0 + 3 * W]
+    assert restored.snapshot() == snap
+
+
+@pytest.mark.parametrize("window_us", [MIN, W, 60 * MIN])
+def test_window_end_is_start_plus_window(window_us: int) -> None:
+    row = rates_row("ns", T0, window_us, [1, 0, 0, 0, 1, 1], True)
+    assert row["window_end"] == to_datetime(T0 + window_us)
+
+
+# --- NamespaceRows ----------------------------------------------------------------------------
+
+
+def report(shard: int, expected: tuple[int, ...], rates: dict, outcomes: dict | None = None,
+           closed: int = T0 + W, provisional: bool = False) -> Report:  # fmt: skip
+    return Report("ns-a", closed, shard, expected, rates, outcomes or {}, provisional)
+
+
+def test_rows_wait_for_every_shard_the_tick_went_to_and_add_them_up() -> None:
+    rows = NamespaceRows(W)
+    assert rows.on_report(report(0, (0, 2), {T0: (3, 1, 1, 0, 2, 3)})) == []
+    ((kind, row),) = rows.on_report(report(2, (0, 2), {T0: (1, 0, 1, 2, 1, 1)}))
+    assert kind == "row" and row["is_final"]
+    assert [row[c] for c in ("disconnected", "rejoined", "dropped", "rejected")] == [4, 1, 2, 2]
+    assert (row["users_disconnected"], row["parties_affected"]) == (3, 4)
+    assert rows.rounds == {}
+
+
+def test_a_shard_with_nothing_in_a_window_does_not_hold_its_row_back() -> None:
+    rows = NamespaceRows(W)
+    rows.on_report(report(0, (0, 1), {T0: (1, 0, 0, 0, 1, 1)}))
+    out = rows.on_report(report(1, (0, 1), {}))  # shard 1 had nothing to close
+    assert [kind for kind, _ in out] == ["row"]
+
+
+def test_outcome_rows_merge_the_shards_parts_percentiles_included() -> None:
+    a, b = OutcomeAgg(), OutcomeAgg()
+    a.disconnects, a.rejoined, a.rejoin_s = 2, 2, [10.0, 30.0]
+    b.disconnects, b.dropped, b.rejoined, b.rejoin_s = 2, 1, 1, [20.0]
+    rows = NamespaceRows(W)
+    rows.on_report(report(0, (0, 1), {}, {T0: a}, closed=T0 + W + H))
+    ((kind, row),) = rows.on_report(report(1, (0, 1), {}, {T0: b}, closed=T0 + W + H))
+    assert kind == "outcome"
+    assert (row["disconnects"], row["rejoined"], row["dropped"]) == (4, 3, 1)
+    assert row["rejoin_seconds_p50"] == 20.0
+    assert row["cohort_drop_ratio"] == 0.25
+
+
+def test_provisional_rows_at_the_end_of_a_run_are_not_kept() -> None:
+    rows = NamespaceRows(W)
+    rows.on_report(report(0, (), {T0: (1, 0, 0, 0, 1, 1)}, provisional=True))
+    rows.on_report(report(1, (), {T0: (2, 0, 0, 0, 2, 2)}, provisional=True))
+    ((kind, row),) = rows.provisional()
+    assert kind == "row" and not row["is_final"] and row["disconnected"] == 3
+    assert rows.provisional() == []
+    assert NamespaceRows.restore(W, rows.snapshot()).rounds == {}
+
+
+def test_rows_snapshot_keeps_waiting_rounds() -> None:
+    rows = NamespaceRows(W)
+    rows.on_report(report(0, (0, 1), {T0: (1, 0, 0, 0, 1, 1)}))
+    restored = NamespaceRows.restore(W, rows.snapshot())
+    out = restored.on_report(report(1, (0, 1), {T0: (1, 0, 0, 0, 1, 1)}))
+    assert out[0][1]["disconnected"] == 2
+
+
+# --- matching split over shards ---------------------------------------------------------------
+
+PLAYER_EVENTS = st.lists(
+    st.tuples(
+        st.integers(0, 90),  # minutes after T0
+        st.sampled_from([DISCONNECTED, DISCONNECTED, REJOINED, DROPPED]),
+        st.sampled_from(["p1", "p2", "p3", "p4", "p5"]),
+        st.sampled_from(["u1", "u2"]),
+    ),
+    max_size=50,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(PLAYER_EVENTS, st.sampled_from([2, 3, 8]))
+def test_matching_split_over_shards_merges_to_the_unsplit_rows(events, shards: int) -> None:
+    batch = [counted(T0 + m * MIN, k, f"e{i}", user=u, session=s)
+             for i, (m, k, s, u) in enumerate(events)]  # fmt: skip
+    end = T0 + 200 * MIN
+    one = OutcomeMatcher(W, H)
+    one.extend([e for (_w, evs, _t) in fold(batch, W, 1).values() for e in evs])
+    one.advance(end)
+    want = one.final_rows("ns-a", end)
+    merged_aggs: dict[int, OutcomeAgg] = {}
+    for (_shard, _ns), (_w, evs, _t) in fold(batch, W, shards).items():
+        m = OutcomeMatcher(W, H)
+        m.extend(evs)
+        m.advance(end)
+        for start, agg in m.final_aggs(end).items():
+            have = merged_aggs.get(start)
+            merged_aggs[start] = agg if have is None else have.merge(agg)
+    got = [agg.to_row("ns-a", s, W, True) for s, agg in sorted(merged_aggs.items())]
+    assert got == want
