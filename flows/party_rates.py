@@ -81,23 +81,23 @@ def build_flow(
         "rows", op.map("by_namespace", reports, lambda kv: (kv[1].namespace, kv[1])),
         partial(RowsLogic, w),
     )  # fmt: skip
-    # (namespace, ("row" | "outcome", row)): rows once every shard of a tick has reported
+    # (namespace, ("row" | "outcome", [row])): rows once every shard of a tick has reported
 
     rows = op.filter_map("rows_only", outputs, _of_kind("row"))
-    # party_rates row: final rows as windows close, provisional rows at the end of a run
+    # [party_rates row]: final rows as windows close, provisional rows at the end of a run
 
     outcomes = op.filter_map("outcomes", outputs, _of_kind("outcome"))
-    # disconnect_outcomes row: a disconnect window's outcomes, final an outcome horizon later
+    # [disconnect_outcomes row]: a disconnect window's outcomes, final a horizon later
 
     late_rows = op.merge(
         "late_rows",
-        op.flat_map("late_at_partition", batches, lambda b: b.late),
+        op.filter_map("late_at_partition", batches, lambda b: b.late or None),
         op.filter_map("late_at_window", clock, _of_kind("late")),
     )
-    # late_events row: an event that came after its window was final
+    # [late_events row]: events that came after their window was final
 
-    dead = op.flat_map("dead", batches, lambda b: b.dead)
-    # dead_letters row: a message naming a counted event (or unreadable) that cannot be used
+    dead = op.filter_map("dead", batches, lambda b: b.dead or None)
+    # [dead_letters row]: messages naming a counted event (or unreadable) that cannot be used
 
     stats = op.merge(
         "stats",
@@ -116,10 +116,10 @@ def build_flow(
         ("dead_letters", dead, DEAD_LETTERS, 2),
     ):
         sink = ParquetSink(storage, spec, flush_seconds=flush, parts=n)
-        routed = op.map(f"route_{name}", stream, route(spec))
+        routed = op.flat_map(f"route_{name}", stream, route(spec))
         ticks_in = op.flat_map(f"{name}_ticks", ticking, _flush_ticks(sink))
         op.output(name, op.merge(f"{name}_in", routed, ticks_in), sink)
-        # (file path, row) | (flush key, FlushTick) -> one Parquet file per path
+        # (file path, [row]) | (flush key, FlushTick) -> one Parquet file per path
     manifest = ManifestSink(
         storage,
         settings.run_id,

@@ -41,6 +41,7 @@ import pandas as pd
 NAMES = ("PartyDisconnectedEvent", "PartyRejoinedEvent", "PartyDroppedEvent", "PartyRejectedEvent")
 DISCONNECTED, REJOINED, DROPPED, REJECTED = NAMES
 NAME_STRINGS = tuple(f'"{n}"'.encode() for n in NAMES)
+MATCH_ORDER = {DISCONNECTED: 0, REJOINED: 1, DROPPED: 2}  # at equal times
 MAX_DEPTH = 200
 MAX_SEGMENT = 200
 LOW_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 10**6
@@ -263,7 +264,7 @@ def outcomes(result: Result, window_us: int, horizon_us: int) -> pd.DataFrame:
         if ev.name != REJECTED and ev.session and ev.user:
             players[(ev.namespace, ev.session, ev.user)].append(ev)
     for (ns, _s, _u), evs in players.items():
-        evs.sort(key=lambda e: (e.t_us, e.name != DISCONNECTED, e.id))
+        evs.sort(key=lambda e: (e.t_us, MATCH_ORDER[e.name]))  # stable: equal ones alike
         opened: int | None = None
         for ev in [e for e in evs if e.t_us < closed]:
             if opened is not None and ev.t_us - opened > horizon_us:

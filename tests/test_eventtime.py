@@ -331,3 +331,27 @@ def test_parse_duration(text: str, us: int) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration_us(text)
+
+
+def _outcome(parse, text: str) -> object:
+    try:
+        return parse(text)
+    except EventTimeError:
+        return "error"
+
+
+TIMESTAMPS = st.builds(
+    lambda date, time, frac, zone: date + "T" + time + frac + zone,
+    st.sampled_from(["2024-05-01", "2024-02-29", "2023-02-29", "1999-12-31", "2024-13-01"]),
+    st.sampled_from(["12:34:56", "23:59:60", "24:00:00", "00:00:00", "12:3x:56", "12:34:5\u0663"]),
+    st.sampled_from(["", ".", ".1", ".123456", ".1234567", ".123456789", ".1234567890", ".\u0661"]),
+    st.sampled_from(["Z", "z", "+07:00", "-12:30", "+24:00", "+07:60", "+0700", "", "Z "]),
+)
+
+
+@given(TIMESTAMPS | st.text(alphabet="0123456789-:T.Zz+ ", max_size=32))
+def test_the_short_path_agrees_with_the_exact_parser(text: str) -> None:
+    from flows.core.eventtime import parse_rfc3339_exact
+
+    assert _outcome(parse_rfc3339_us, text) == _outcome(parse_rfc3339_exact, text)
+    assert _outcome(parse_rfc3339_us, text) == _outcome(parse_rfc3339_exact, text)  # cached

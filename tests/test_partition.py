@@ -10,6 +10,7 @@ import orjson
 
 from flows.core.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
 from flows.core.items import BatchResult, Counts, EventRef, Progress, split_key
+from flows.core.partials import id_hash, player_hash
 from flows.core.partition import DedupMemory, PartitionState, process_batch
 from schemas.events import DISCONNECTED, DROPPED, REJOINED
 
@@ -108,11 +109,17 @@ def folded_counts(result: BatchResult) -> dict[str, list[int]]:
     return out
 
 
-def counted_ids(result: BatchResult) -> list[str]:
+def player(event_id: str) -> int:
+    """The player hash of a test event (its session is s-ID, its user u-ID)."""
+    return player_hash(id_hash(f"s-{event_id}"), f"u-{event_id}")
+
+
+def counted_ids(result: BatchResult, candidates: str = "abcdefghijklmnopqrstuvwxyz") -> list[str]:
     """Ids of the counted events (the test events all have a session and a user, so every
-    non-rejection is an outcome event; rejections are only counted)."""
+    non-rejection is an outcome event of its own player; rejections are only counted)."""
     fresh = [e.id for e in result.progress.fresh] if result.progress else []
-    return fresh + sorted(e[2] for _key, part in result.parts for e in part.events)
+    by_player = {player(c): c for c in [*candidates, "edge", "late", "new", "old"]}
+    return fresh + sorted(by_player[e[2]] for _key, part in result.parts for e in part.events)
 
 
 def identity_holds(c: Counts) -> bool:
@@ -336,9 +343,9 @@ def test_parts_fold_the_batch_per_namespace_and_shard() -> None:
     assert result.stats.next_offset == 106
     events = sorted(e for _k, part in result.parts for e in part.events)
     assert events == [
-        (T0, 0, "1", "s-1", "u-1", DISCONNECTED),
-        (T0 + 1, 1, "2", "s-2", "u-2", REJOINED),
-        (T0 + 2, 1, "3", "s-3", "u-3", DROPPED),
+        (T0, DISCONNECTED, player("1")),
+        (T0 + 1, REJOINED, player("2")),
+        (T0 + 2, DROPPED, player("3")),
     ]  # the rejection is counted, not matched
     assert result.progress is not None and result.progress.fresh == []
 

@@ -30,10 +30,20 @@ def counted(t_us: int, kind: int = DISCONNECTED, eid: str = "e", ns: str = "ns-a
     return (t_us, kind, eid, ns, user, session)
 
 
+def slots(folded: dict) -> dict[tuple[int, str], tuple[dict, list]]:
+    """(shard, namespace) -> (windows, outcome events) of a fold."""
+    return {
+        (shard, ns): slot
+        for ns, (by_shard, _latest) in folded.items()
+        for shard, slot in enumerate(by_shard)
+        if slot is not None
+    }
+
+
 def whole(events: list[Counted], shards: int = 1) -> dict[int, list[int]]:
     """The summed summaries per window, over every shard: what the rows step computes."""
     out: dict[int, list[int]] = {}
-    for (_shard, _ns), (windows, _events, _t) in fold(events, W, shards).items():
+    for windows, _events in slots(fold(events, W, shards)).values():
         for start, window in windows.items():
             have = out.setdefault(start, [0] * 6)
             for i, n in enumerate(summary(window)):
@@ -131,17 +141,16 @@ def _events(drawn: list[tuple[int, int, str, str | None, str | None]]) -> list[C
 def _merge_folds(*folds: dict) -> dict:
     out: dict = {}
     for folded in folds:
-        for key, (windows, events, latest) in folded.items():
-            have = out.setdefault(key, ({}, [], [latest[0]]))
-            have[2][0] = max(have[2][0], latest[0])
+        for key, (windows, events) in slots(folded).items():
+            have = out.setdefault(key, ({}, []))
             have[1].extend(events)
             for start, window in windows.items():
                 merge_window(have[0].setdefault(start, new_window()), window)
     return out
 
 
-def _canonical(folded: dict) -> dict:
-    return {k: (w, sorted(e), t) for k, (w, e, t) in folded.items()}
+def _canonical(merged_slots: dict) -> dict:
+    return {k: (w, sorted(e)) for k, (w, e) in merged_slots.items()}
 
 
 @given(events=EVENTS, data=st.data(), shards=st.sampled_from([1, 2, 4, 7]))
@@ -150,9 +159,9 @@ def test_merging_any_split_equals_folding_the_whole(events, data, shards: int) -
     cuts = sorted(data.draw(st.lists(st.integers(0, len(batch)), max_size=3)))
     pieces = [batch[a:b] for a, b in zip([0, *cuts], [*cuts, len(batch)], strict=True)]
     folds = [fold(piece, W, shards) for piece in pieces]
-    assert _canonical(_merge_folds(*folds)) == _canonical(fold(batch, W, shards))
-    # in any order (merging is commutative)
-    assert _canonical(_merge_folds(*reversed(folds))) == _canonical(fold(batch, W, shards))
+    want = _canonical(slots(fold(batch, W, shards)))
+    assert _canonical(_merge_folds(*folds)) == want
+    assert _canonical(_merge_folds(*reversed(folds))) == want  # in any order
 
 
 @given(events=EVENTS, shards=st.sampled_from([1, 2, 3, 8]))
@@ -176,7 +185,7 @@ def test_distinct_counts_add_up_over_shards(events, shards: int) -> None:
 @given(a=EVENTS, b=EVENTS, c=EVENTS)
 @settings(max_examples=50)
 def test_merge_is_associative_and_commutative(a, b, c) -> None:
-    parts = [fold(_events(x), W, 1).get((0, "ns-a"), ({}, [], [0]))[0].get(T0, new_window())
+    parts = [slots(fold(_events(x), W, 1)).get((0, "ns-a"), ({}, []))[0].get(T0, new_window())
              for x in (a, b, c)]  # fmt: skip
     x, y, z = parts
     assert merged(merged(x, y), z) == merged(x, merged(y, z))
@@ -188,8 +197,8 @@ def test_a_party_and_its_players_share_one_shard() -> None:
     shard, whatever the user."""
     events = [counted(T0 + i, k, f"e{i}", user=f"u{i % 3}", session="party-9")
               for i, k in enumerate([DISCONNECTED, REJOINED, DROPPED, DISCONNECTED])]  # fmt: skip
-    folded = fold(events, W, 16)
-    with_events = [key for key, (_w, evs, _t) in folded.items() if evs]
+    folded = slots(fold(events, W, 16))
+    with_events = [key for key, (_w, evs) in folded.items() if evs]
     assert len(with_events) == 1
     assert len(folded[with_events[0]][1]) == 4
 
@@ -261,7 +270,7 @@ def test_outcomes_are_reported_an_outcome_horizon_after_their_window() -> None:
     assert report.rates and report.outcomes == {}
     (report,) = shard.on_tick(Tick(T0 + W + H, {0: 1}, (0,)))
     (agg,) = report.outcomes.values()
-    assert (agg.disconnects, agg.rejoined, agg.rejoin_s) == (1, 1, [10.0])
+    assert (agg[0], agg[1], agg[6]) == (1, 1, [10.0])  # disconnects, rejoined, rejoin times
 
 
 def test_provisional_applies_ready_ticks_then_reports_what_is_open() -> None:
@@ -304,7 +313,7 @@ def report(shard: int, expected: tuple[int, ...], rates: dict, outcomes: dict | 
 def test_rows_wait_for_every_shard_the_tick_went_to_and_add_them_up() -> None:
     rows = NamespaceRows(W)
     assert rows.on_report(report(0, (0, 2), {T0: (3, 1, 1, 0, 2, 3)})) == []
-    ((kind, row),) = rows.on_report(report(2, (0, 2), {T0: (1, 0, 1, 2, 1, 1)}))
+    ((kind, (row,)),) = rows.on_report(report(2, (0, 2), {T0: (1, 0, 1, 2, 1, 1)}))
     assert kind == "row" and row["is_final"]
     assert [row[c] for c in ("disconnected", "rejoined", "dropped", "rejected")] == [4, 1, 2, 2]
     assert (row["users_disconnected"], row["parties_affected"]) == (3, 4)
@@ -323,8 +332,8 @@ def test_outcome_rows_merge_the_shards_parts_percentiles_included() -> None:
     a.disconnects, a.rejoined, a.rejoin_s = 2, 2, [10.0, 30.0]
     b.disconnects, b.dropped, b.rejoined, b.rejoin_s = 2, 1, 1, [20.0]
     rows = NamespaceRows(W)
-    rows.on_report(report(0, (0, 1), {}, {T0: a}, closed=T0 + W + H))
-    ((kind, row),) = rows.on_report(report(1, (0, 1), {}, {T0: b}, closed=T0 + W + H))
+    rows.on_report(report(0, (0, 1), {}, {T0: a.fields()}, closed=T0 + W + H))
+    ((kind, (row,)),) = rows.on_report(report(1, (0, 1), {}, {T0: b.fields()}, closed=T0 + W + H))
     assert kind == "outcome"
     assert (row["disconnects"], row["rejoined"], row["dropped"]) == (4, 3, 1)
     assert row["rejoin_seconds_p50"] == 20.0
@@ -335,7 +344,7 @@ def test_provisional_rows_at_the_end_of_a_run_are_not_kept() -> None:
     rows = NamespaceRows(W)
     rows.on_report(report(0, (), {T0: (1, 0, 0, 0, 1, 1)}, provisional=True))
     rows.on_report(report(1, (), {T0: (2, 0, 0, 0, 2, 2)}, provisional=True))
-    ((kind, row),) = rows.provisional()
+    ((kind, (row,)),) = rows.provisional()
     assert kind == "row" and not row["is_final"] and row["disconnected"] == 3
     assert rows.provisional() == []
     assert NamespaceRows.restore(W, rows.snapshot()).rounds == {}
@@ -346,7 +355,7 @@ def test_rows_snapshot_keeps_waiting_rounds() -> None:
     rows.on_report(report(0, (0, 1), {T0: (1, 0, 0, 0, 1, 1)}))
     restored = NamespaceRows.restore(W, rows.snapshot())
     out = restored.on_report(report(1, (0, 1), {T0: (1, 0, 0, 0, 1, 1)}))
-    assert out[0][1]["disconnected"] == 2
+    assert out[0][1][0]["disconnected"] == 2
 
 
 # --- matching split over shards ---------------------------------------------------------------
@@ -369,11 +378,11 @@ def test_matching_split_over_shards_merges_to_the_unsplit_rows(events, shards: i
              for i, (m, k, s, u) in enumerate(events)]  # fmt: skip
     end = T0 + 200 * MIN
     one = OutcomeMatcher(W, H)
-    one.extend([e for (_w, evs, _t) in fold(batch, W, 1).values() for e in evs])
+    one.extend([e for (_w, evs) in slots(fold(batch, W, 1)).values() for e in evs])
     one.advance(end)
     want = one.final_rows("ns-a", end)
     merged_aggs: dict[int, OutcomeAgg] = {}
-    for (_shard, _ns), (_w, evs, _t) in fold(batch, W, shards).items():
+    for _w, evs in slots(fold(batch, W, shards)).values():
         m = OutcomeMatcher(W, H)
         m.extend(evs)
         m.advance(end)

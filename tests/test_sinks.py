@@ -143,7 +143,7 @@ def test_a_write_failing_at_the_end_of_a_run_is_reported_not_raised(tmp_path: Pa
     snapshot for the next run)."""
     sink = ParquetSink(BrokenStorage(str(tmp_path)), RATES, flush_seconds=None)
     part = sink.build_part("party_rates", "party_rates-0", None)
-    part.write_batch([_rate(1, True)])
+    part.write_batch([[_rate(1, True)]])
     assert part.snapshot()  # the row waits in the snapshot
     part.close()
     assert take_end_of_run_failures() == [

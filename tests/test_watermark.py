@@ -210,14 +210,14 @@ def test_events_of_a_fresh_partition_for_a_final_window_are_late() -> None:
     assert clock.emitted == T0 + 55 * MIN
     fresh = [_event(T0 + MIN, "old", 0), _event(T0 + 57 * MIN, "new", 1)]
     out = clock.on_progress(prog(1, T0 + 57 * MIN, 2, fresh=fresh))
-    late = [row for kind, row in out if kind == "late"]
+    late = [row for kind, rows in out if kind == "late" for row in rows]
     assert [(r["id"], r["partition"], r["offset"], r["key"]) for r in late] == [("old", 1, 0, b"k")]
     assert [n for kind, n in out if kind == "late_count"] == [1]
     parts = [item for kind, item in out if kind == "to_shard"]
     ((key, part),) = parts
     assert isinstance(part, ShardPart)
     assert (part.namespace, part.partition, part.next_offset) == ("a", 1, 2)
-    assert [e[2] for e in part.events] == ["new"]
+    assert [(e[0], e[1]) for e in part.events] == [(T0 + 57 * MIN, DROPPED)]  # "new"
     # the on-time event's shard now waits for that partition's data before its next tick
     assert clock.keys[key].required[1] == 2
 

@@ -44,13 +44,80 @@ def _is_leap(y: int) -> bool:
     return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
 
 
+_MINUTES: dict[str, int] = {}
+"""``YYYY-MM-DDTHH:MM`` -> microseconds since the epoch, read as UTC (parsed exactly once;
+the events of a batch share a few minutes)."""
+_OFFSETS: dict[str, int] = {"Z": 0}
+"""``+HH:MM`` / ``-HH:MM`` / ``Z`` -> microseconds to subtract."""
+_CACHE_LIMIT = 100_000
+_SECOND_DIGITS = frozenset("012345")
+_DIGITS = frozenset("0123456789")
+
+
 def parse_rfc3339_us(text: str) -> int:
     """Parse an RFC 3339 date-time to microseconds since the epoch (UTC).
 
     Accepts 0 to 9 fractional digits (truncated to microseconds), ``Z``/``z`` or a
     numeric offset, ``T``/``t``/space as separator, and a leap second (``:60``, counted
     as the next second).
+
+    The common form (``T``, seconds 00-59, ``Z`` or ``±HH:MM``) takes a short path: its
+    date, hour and minute and its offset are each parsed exactly once, by
+    :func:`parse_rfc3339_exact`, and looked up after that; anything else goes to the exact
+    parser.
     """
+    if len(text) >= 20 and text[10] == "T" and text[16] == ":" and text[17] in _SECOND_DIGITS:
+        base = _MINUTES.get(text[:16])
+        if base is None:
+            base = _cache_minute(text[:16])
+        if base is not None and text[18] in _DIGITS:
+            base += int(text[17:19]) * US_PER_S
+            rest = text[19:]
+            if rest[0] == ".":
+                zone = "Z" if rest[-1] == "Z" else rest[-6:]
+                digits = rest[1 : -len(zone)]
+                offset = _OFFSETS.get(zone)
+                if offset is None:
+                    offset = _cache_offset(zone)
+                digits_ok = 0 < len(digits) <= 9 and digits.isascii() and digits.isdigit()
+                if offset is not None and digits_ok:
+                    return base + int((digits + "00000")[:6]) - offset
+            else:
+                offset = _OFFSETS.get(rest)
+                if offset is None:
+                    offset = _cache_offset(rest)
+                if offset is not None:
+                    return base - offset
+    return parse_rfc3339_exact(text)
+
+
+def _cache_minute(prefix: str) -> int | None:
+    """The exact parse of ``prefix`` + ``:00Z``, remembered; None if it is not a date-time."""
+    try:
+        value = parse_rfc3339_exact(prefix + ":00Z")
+    except EventTimeError:
+        return None
+    if len(_MINUTES) >= _CACHE_LIMIT:
+        _MINUTES.clear()
+    _MINUTES[prefix] = value
+    return value
+
+
+def _cache_offset(zone: str) -> int | None:
+    """Microseconds of a ``±HH:MM`` offset, remembered; None if it is not one."""
+    if len(zone) != 6 or zone[0] not in "+-":
+        return None
+    try:
+        value = parse_rfc3339_exact("1970-01-01T00:00:00" + zone)
+    except EventTimeError:
+        return None
+    if len(_OFFSETS) < 2000:
+        _OFFSETS[zone] = -value
+    return -value
+
+
+def parse_rfc3339_exact(text: str) -> int:
+    """:func:`parse_rfc3339_us` without its short path: every field checked every time."""
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise EventTimeError(f"timestamp {text[:64]!r} is not RFC 3339")

@@ -8,6 +8,7 @@ shards' reports up into rows.
 
 from __future__ import annotations
 
+from array import array
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -17,9 +18,10 @@ WindowPart = list[Any]
 """A partial aggregate of one (namespace, window) in one shard:
 ``[disconnected, rejoined, dropped, rejected, user hashes (set), party hashes (set)]``."""
 
-OutcomeEvent = tuple[int, int, str, str, str, int]
-"""An event outcome matching needs: ``(t_us, rank, id, sessionId, userId, kind)``; rank 0
-for a disconnect, 1 for a rejoin or a drop (at equal times a disconnect comes first)."""
+OutcomeEvent = tuple[int, int, int]
+"""An event outcome matching needs: ``(t_us, kind, player)``, the player a stable 64-bit
+hash of its (sessionId, userId). Sorted, they are in the order matching takes them: by
+time, and at equal times a disconnect, then a rejoin, then a drop."""
 
 
 class EventRef(NamedTuple):
@@ -50,6 +52,31 @@ class ShardPart(NamedTuple):
     next_offset: int  # after the batch: a tick may wait for it
     windows: dict[int, WindowPart]  # window start -> partial aggregate
     events: list[OutcomeEvent]  # for outcome matching
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Parts cross processes to their shard's worker (Bytewax pickles every item a keyed
+        # step receives in a cluster): packed into arrays they pickle as a few buffers
+        # instead of an object per event and per hash. Only done when pickled.
+        windows = [
+            (start, w[0], w[1], w[2], w[3], array("Q", w[4]), array("Q", w[5]))
+            for start, w in self.windows.items()
+        ]
+        ts, kinds, players = zip(*self.events, strict=True) if self.events else ((), (), ())
+        events = (array("q", ts), bytes(kinds), array("Q", players))
+        return (_unpack_part, (*self[:4], windows, events))
+
+
+def _unpack_part(
+    namespace: str,
+    shard: int,
+    partition: int,
+    next_offset: int,
+    windows: list[tuple[Any, ...]],
+    events: tuple[array[int], bytes, array[int]],
+) -> ShardPart:
+    unpacked = {start: [d, r, x, j, set(u), set(p)] for start, d, r, x, j, u, p in windows}
+    rows = list(zip(*events, strict=True))
+    return ShardPart(namespace, shard, partition, next_offset, unpacked, rows)
 
 
 class Progress(NamedTuple):
@@ -82,7 +109,7 @@ class Report(NamedTuple):
     shard: int
     expected: tuple[int, ...]
     rates: dict[int, tuple[int, ...]]  # window start -> (4 counts, users, parties)
-    outcomes: dict[int, Any]  # window start -> OutcomeAgg
+    outcomes: dict[int, tuple[Any, ...]]  # window start -> OutcomeAgg.fields()
     provisional: bool = False
 
 

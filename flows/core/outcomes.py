@@ -2,9 +2,11 @@
 
 A ``PartyDisconnectedEvent`` opens an incident for its (namespace, sessionId, userId). The
 next ``PartyRejoinedEvent`` or ``PartyDroppedEvent`` of the same player at or after it, within
-the outcome horizon, resolves it. A second disconnect before any outcome supersedes the open
-incident; an outcome with no open incident is an orphan (its disconnect was before the data
-kept); an incident with no outcome within the horizon is unresolved.
+the outcome horizon, resolves it (at equal times: a disconnect first, then a rejoin, then a
+drop). A player is known by a 64-bit hash of its sessionId and userId. A second disconnect
+before any outcome supersedes the open incident; an outcome with no open incident is an
+orphan (its disconnect was before the data kept); an incident with no outcome within the
+horizon is unresolved.
 
 Events are matched only once the watermark has passed them, in event-time order, so the
 result does not depend on the order they arrived in (an outcome read before its own
@@ -22,9 +24,10 @@ from typing import Any
 
 from flows.core.eventtime import US_PER_S, window_columns
 from flows.core.items import OutcomeEvent, Row
+from flows.core.partials import id_hash, player_hash
 from schemas.events import DISCONNECTED, DROPPED, REJOINED
 
-_RANK = {DISCONNECTED: 0, REJOINED: 1, DROPPED: 1}  # at equal times a disconnect comes first
+_MATCHED = (DISCONNECTED, REJOINED, DROPPED)  # in this order at equal times
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -54,6 +57,33 @@ class OutcomeAgg:
         self.disconnects = self.rejoined = self.dropped = 0
         self.unresolved = self.superseded = self.orphans = 0
         self.rejoin_s: list[float] = []  # sorted when a row is made
+
+    def fields(self) -> tuple[Any, ...]:
+        """The aggregate as a plain tuple: what a shard reports (cheap to pickle)."""
+        return (
+            self.disconnects,
+            self.rejoined,
+            self.dropped,
+            self.unresolved,
+            self.superseded,
+            self.orphans,
+            self.rejoin_s,
+        )
+
+    @classmethod
+    def of(cls, fields: tuple[Any, ...]) -> OutcomeAgg:
+        out = cls()
+        (
+            out.disconnects,
+            out.rejoined,
+            out.dropped,
+            out.unresolved,
+            out.superseded,
+            out.orphans,
+            rejoin_s,
+        ) = fields
+        out.rejoin_s = list(rejoin_s)
+        return out
 
     def merge(self, other: OutcomeAgg) -> OutcomeAgg:
         """A new aggregate holding both (another shard's part of the same window)."""
@@ -106,15 +136,15 @@ class OutcomeMatcher:
         self.window_us = window_us
         self.horizon_us = horizon_us
         self.pending: list[OutcomeEvent] = []  # not yet matched
-        self.open: dict[tuple[str, str], int] = {}  # player -> disconnect time
+        self.open: dict[int, int] = {}  # player -> disconnect time
         self.aggs: dict[int, OutcomeAgg] = {}  # window start -> outcomes
 
     def add(
         self, t_us: int, kind: int, event_id: str, session: str | None, user: str | None
     ) -> None:
         """An on-time event of this namespace (other kinds and anonymous events are ignored)."""
-        if kind in _RANK and session and user:
-            self.pending.append((t_us, _RANK[kind], event_id, session, user, kind))
+        if kind in _MATCHED and session and user:
+            self.pending.append((t_us, kind, player_hash(id_hash(session), user)))
 
     def extend(self, events: list[OutcomeEvent]) -> None:
         """Events already in the matcher's form (flows.core.partials)."""
@@ -137,8 +167,7 @@ class OutcomeMatcher:
             self.pending = []
         ready.sort()
         horizon, opened_at, agg_of = self.horizon_us, self.open, self._agg
-        for t_us, _rank, _id, session, user, kind in ready:
-            player = (session, user)
+        for t_us, kind, player in ready:
             opened = opened_at.get(player)
             if opened is not None and t_us - opened > horizon:
                 agg_of(opened).unresolved += 1  # its horizon passed before this event

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import re
 import types
+from functools import partial
 from typing import Any, NamedTuple, Union, get_args, get_origin
 
 import msgspec
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from flows.core.eventtime import EventTimeError, event_time_us
+from flows.core.eventtime import (
+    MAX_EVENT_US,
+    MIN_EVENT_US,
+    EventTimeError,
+    event_time_us,
+    parse_rfc3339_us,
+)
 from flows.core.paths import MAX_SEGMENT_BYTES, fits_in_path
 from schemas.events import ENVELOPE_ADAPTER, KIND_OF_NAME, Envelope
 
@@ -35,6 +42,10 @@ class Event(NamedTuple):
     namespace: str
     user_id: str | None
     session_id: str | None
+
+
+_new_event = partial(tuple.__new__, Event)
+"""An Event from a plain tuple of its fields, without a Python-level call (hot path)."""
 
 
 def looks_like_object(value: bytes) -> bool:
@@ -65,17 +76,32 @@ def parse_candidate(value: bytes) -> Event | str | None:
 
     The fast path decodes the bytes straight into a struct with the Envelope model's fields
     and types; anything it does not accept is decided by the pydantic model, which also
-    words the reason.
+    words the reason. The usual case, a valid counted event, is handled in this one
+    function (the partition step calls it for about 40 % of the topic); anything unusual
+    goes to the helpers that word the reasons.
     """
     env = fast_decode(value)
     if env is None:
         return _validate_slowly(value)
-    if env.name not in KIND_OF_NAME:
+    kind = KIND_OF_NAME.get(env.name)
+    if kind is None:
         return None  # another event that merely mentions a counted name
+    namespace, event_id, nano = env.namespace, env.id, env.timestampUnixNano
+    if namespace and event_id and (len(namespace) <= 15 or fits_in_path(namespace)):
+        try:
+            if nano is not None:
+                t_us = nano // 1000
+            elif env.timestamp is not None:
+                t_us = parse_rfc3339_us(env.timestamp)
+            else:
+                t_us = -1
+        except EventTimeError:
+            t_us = -1
+        if MIN_EVENT_US <= t_us < MAX_EVENT_US:
+            return _new_event((t_us, kind, event_id, namespace, env.userId, env.sessionId))
     return _event(
-        env.name, env.namespace, env.id, env.timestamp, env.timestampUnixNano, env.userId,
-        env.sessionId,
-    )  # fmt: skip
+        env.name, namespace, event_id, env.timestamp, nano, env.userId, env.sessionId
+    )  # words the reason
 
 
 def _fast_type(annotation: Any) -> Any:
@@ -117,7 +143,8 @@ _MAX_OPENERS = 128
 
 def fast_decode(value: bytes) -> Any | None:
     """The message decoded into the Envelope's fast struct, or None if it does not decode."""
-    if value.count(b"{") + value.count(b"[") > _MAX_OPENERS:
+    # The number of openers, counted by deleting them (one C pass; bytes.count is slower).
+    if len(value) - len(value.translate(None, b"[{")) > _MAX_OPENERS:
         return None
     try:
         if not value.isascii():

@@ -7,7 +7,8 @@ workers:
 
 * counts, distinct parties and outcome matching go to the shard of the event's
   ``sessionId`` (a player's events share it, so matching stays within one shard);
-* distinct users go to the shard of the ``userId`` hash.
+* distinct users go to the shard of the ``userId`` hash;
+* outcome matching knows a player by a hash of its (sessionId, userId).
 
 Distinct users and parties travel as those hashes. The shards partition the hash space, so
 the distinct count of a window is the exact sum of its shards' counts (split distinct
@@ -17,10 +18,11 @@ aggregation). Merging is associative and commutative: counts add, hash sets unit
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import xxhash
 
-from flows.core.items import OutcomeEvent, ShardPart, WindowPart, shard_key
+from flows.core.items import ShardPart, WindowPart, shard_key
 from schemas.events import DISCONNECTED, REJECTED
 
 _xxh3 = xxhash.xxh3_64_intdigest
@@ -31,67 +33,94 @@ Counted = tuple[int, int, str, str, str | None, str | None]
 
 def id_hash(text: str) -> int:
     """A stable 64-bit hash of an id (the same in every process and run)."""
-    return _xxh3(text.encode("utf-8", "surrogatepass"))
+    try:
+        return _xxh3(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON escape
+        return _xxh3(text.encode("utf-8", "surrogatepass"))
+
+
+def player_hash(party: int, user: str) -> int:
+    """A stable 64-bit hash of a player: its userId, seeded with its party's hash."""
+    return _xxh3(user.encode("utf-8", "surrogatepass"), party)
 
 
 def new_window() -> WindowPart:
     return [0, 0, 0, 0, set(), set()]
 
 
-def fold(
-    events: Iterable[Counted], window_us: int, shards: int
-) -> dict[tuple[int, str], tuple[dict[int, WindowPart], list[OutcomeEvent], list[int]]]:
-    """Fold counted events into ``(shard, namespace) -> (windows, outcome events, [latest
-    event time])``."""
-    out: dict[tuple[int, str], tuple[dict[int, WindowPart], list[OutcomeEvent], list[int]]] = {}
-    for t_us, kind, event_id, namespace, user, session in events:
+Folded = dict[str, tuple[list[Any], list[int]]]
+"""namespace -> ([(windows, outcome events) or None per shard], [latest event time])."""
+
+
+def fold(events: Iterable[Counted], window_us: int, shards: int) -> Folded:
+    """Fold counted events into, per namespace and shard, the partial aggregate of each
+    window and the events outcome matching needs."""
+    out: Folded = {}
+    for t_us, kind, _id, namespace, user, session in events:
         start = t_us - t_us % window_us
-        party = _xxh3(session.encode("utf-8", "surrogatepass")) if session else None
-        key = (party % shards if party is not None else 0, namespace)
-        entry = out.get(key)
+        entry = out.get(namespace)
         if entry is None:
-            entry = out[key] = ({}, [], [t_us])
-        elif t_us > entry[2][0]:
-            entry[2][0] = t_us
-        window = entry[0].get(start)
+            entry = out[namespace] = ([None] * shards, [t_us])
+        elif t_us > entry[1][0]:
+            entry[1][0] = t_us
+        by_shard = entry[0]
+        if session:
+            try:
+                party = _xxh3(session.encode())
+            except UnicodeEncodeError:
+                party = id_hash(session)
+            shard = party % shards
+        else:
+            party, shard = None, 0
+        slot = by_shard[shard]
+        if slot is None:
+            slot = by_shard[shard] = ({}, [])
+        window = slot[0].get(start)
         if window is None:
-            window = entry[0][start] = [0, 0, 0, 0, set(), set()]
+            window = slot[0][start] = [0, 0, 0, 0, set(), set()]
         window[kind] += 1
         if kind == REJECTED:
             continue
         if party is not None:
             window[5].add(party)
             if user:
-                rank = 0 if kind == DISCONNECTED else 1
-                entry[1].append((t_us, rank, event_id, session, user, kind))  # type: ignore[arg-type]
+                try:
+                    player = _xxh3(user.encode(), party)
+                except UnicodeEncodeError:
+                    player = player_hash(party, user)
+                slot[1].append((t_us, kind, player))
         if kind == DISCONNECTED and user:
-            player = _xxh3(user.encode("utf-8", "surrogatepass"))
-            ukey = (player % shards, namespace)
-            if ukey != key:
-                other = out.get(ukey)
-                if other is None:
-                    other = out[ukey] = ({}, [], [t_us])
-                elif t_us > other[2][0]:
-                    other[2][0] = t_us
-                window = other[0].get(start)
+            try:
+                user_hash = _xxh3(user.encode())
+            except UnicodeEncodeError:
+                user_hash = id_hash(user)
+            other = user_hash % shards
+            if other != shard:
+                slot = by_shard[other]
+                if slot is None:
+                    slot = by_shard[other] = ({}, [])
+                window = slot[0].get(start)
                 if window is None:
-                    window = other[0][start] = [0, 0, 0, 0, set(), set()]
-            window[4].add(player)
+                    window = slot[0][start] = [0, 0, 0, 0, set(), set()]
+            window[4].add(user_hash)
     return out
 
 
 def to_parts(
-    folded: dict[tuple[int, str], tuple[dict[int, WindowPart], list[OutcomeEvent], list[int]]],
-    partition: int,
-    next_offset: int,
+    folded: Folded, partition: int, next_offset: int
 ) -> tuple[list[tuple[str, ShardPart]], dict[str, int]]:
-    """The folded batch as keyed parts, and each key's latest event time (for the clock)."""
+    """The folded batch as keyed parts, and each key's latest event time (that of its
+    namespace in the batch: the clock only needs a bound)."""
     parts = []
     latest = {}
-    for (shard, namespace), (windows, events, newest) in folded.items():
-        key = shard_key(namespace, shard)
-        parts.append((key, ShardPart(namespace, shard, partition, next_offset, windows, events)))
-        latest[key] = newest[0]
+    for namespace, (by_shard, newest) in folded.items():
+        for shard, slot in enumerate(by_shard):
+            if slot is not None:
+                key = shard_key(namespace, shard)
+                parts.append(
+                    (key, ShardPart(namespace, shard, partition, next_offset, slot[0], slot[1]))
+                )
+                latest[key] = newest[0]
     return parts, latest
 
 

@@ -108,15 +108,18 @@ def process_batch(
     is_fresh = max_t is None
     dedup = state.dedup
     seen_ids = dedup.ids
-    remember = dedup.add
+    buckets = dedup.buckets
+    bucket_us = dedup.bucket_us
     mentions_counted = NAMES_COUNTED.search
     for msg in messages:
         value = msg.value()
         # The skip path inline: most of the topic is other event kinds.
         if value is not None and mentions_counted(value) is not None:
             result = parse_candidate(value)
-        elif value is not None and looks_like_object(value):
-            skipped += 1
+        elif value is not None and (
+            (value and value[0] == 123 and value[-1] == 125) or looks_like_object(value)
+        ):
+            skipped += 1  # another kind of event ("{" ... "}", the usual case checked inline)
             continue
         else:
             result = classify(value)
@@ -139,7 +142,14 @@ def process_batch(
                 )
             )  # fmt: skip
             continue
-        remember(result.id, t_us)
+        # dedup.add, inline
+        bucket = t_us // bucket_us
+        seen_ids[result.id] = bucket
+        ids = buckets.get(bucket)
+        if ids is None:
+            buckets[bucket] = [result.id]
+        else:
+            ids.append(result.id)
         if max_t is None or t_us > max_t:
             max_t = t_us
         if is_fresh:

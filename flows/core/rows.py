@@ -18,8 +18,9 @@ from flows.core.items import Report, Row
 from flows.core.outcomes import OutcomeAgg
 from schemas.events import DISCONNECTED, DROPPED, REJECTED, REJOINED
 
-Output = tuple[str, Row]
-"""("row", party_rates row) | ("outcome", disconnect_outcomes row)."""
+Output = tuple[str, list[Row]]
+"""("row", party_rates rows) | ("outcome", disconnect_outcomes rows): the rows of one report
+round or one end of a run, a list each."""
 
 
 def rates_row(
@@ -53,7 +54,7 @@ class _Sums:
         self.rates: dict[int, list[int]] = {}
         self.outcomes: dict[int, OutcomeAgg] = {}
 
-    def add(self, rates: dict[int, Any], outcomes: dict[int, OutcomeAgg]) -> None:
+    def add(self, rates: dict[int, Any], outcomes: dict[int, tuple[Any, ...]]) -> None:
         for start, counts in rates.items():
             have = self.rates.get(start)
             if have is None:
@@ -61,19 +62,19 @@ class _Sums:
             else:
                 for i, n in enumerate(counts):
                     have[i] += n
-        for start, agg in outcomes.items():
+        for start, fields in outcomes.items():
+            agg = OutcomeAgg.of(fields)
             have_agg = self.outcomes.get(start)
             self.outcomes[start] = agg if have_agg is None else have_agg.merge(agg)
 
     def rows(self, namespace: str, window_us: int, final: bool) -> list[Output]:
-        out: list[Output] = [
-            ("row", rates_row(namespace, s, window_us, sums, final))
-            for s, sums in sorted(self.rates.items())
-        ]
-        out += [
-            ("outcome", agg.to_row(namespace, s, window_us, final))
-            for s, agg in sorted(self.outcomes.items())
-        ]
+        out: list[Output] = []
+        if self.rates:
+            rates = sorted(self.rates.items())
+            out.append(("row", [rates_row(namespace, s, window_us, c, final) for s, c in rates]))
+        if self.outcomes:
+            aggs = sorted(self.outcomes.items())
+            out.append(("outcome", [a.to_row(namespace, s, window_us, final) for s, a in aggs]))
         return out
 
 
@@ -108,7 +109,7 @@ class NamespaceRows:
         for _t, (_expected, _answered, sums) in sorted(self.rounds.items()):
             # Only if a shard never answered (it cannot, once all data is in): what there
             # is, marked not final, rather than nothing.
-            self.open.add(sums.rates, sums.outcomes)
+            self.open.add(sums.rates, {s: a.fields() for s, a in sums.outcomes.items()})
         out = self.open.rows(self.namespace, self.window_us, False)
         self.open = _Sums()
         return out

@@ -73,14 +73,14 @@ class Shard:
             for start in sorted(s for s in self.windows if s + w <= closed):
                 rates[start] = summary(self.windows.pop(start))
             self.outcomes.advance(closed)
-            outcomes = self.outcomes.final_aggs(closed)
+            outcomes = {s: a.fields() for s, a in self.outcomes.final_aggs(closed).items()}
         return Report(self.namespace, closed, self.shard, tick.expected, rates, outcomes)
 
     def provisional(self) -> list[Report]:
         """At the end of a run: the ticks that can be applied, then what is still open."""
         out = self._apply_ready()
         rates: dict[int, tuple[int, ...]] = {s: summary(w) for s, w in sorted(self.windows.items())}
-        outcomes = self.outcomes.provisional_aggs()
+        outcomes = {s: a.fields() for s, a in self.outcomes.provisional_aggs().items()}
         if rates or outcomes:
             closed = self.closed_until or 0
             out.append(Report(self.namespace, closed, self.shard, (), rates, outcomes, True))

@@ -33,7 +33,7 @@ from flows.core.partials import fold, to_parts
 from flows.core.partition import late_row
 
 ClockOutput = tuple[str, Any]
-"""("to_shard", (shard key, Tick | ShardPart)) | ("late", late_events row) | ("late_count", n)."""
+"""("to_shard", (shard key, Tick | ShardPart)) | ("late", late_events rows) | ("late_count", n)."""
 
 ROUND_STEP_US = 3600 * US_PER_S
 
@@ -118,14 +118,15 @@ class Clock:
         w, closed = self.window_us, self.emitted
         out: list[ClockOutput] = []
         on_time: list[EventRef] = []
+        late: list[Row] = []
         for ev in progress.fresh:
             start = ev.t_us - ev.t_us % w
             if closed is not None and start + w <= closed:
-                out.append(("late", _late(progress.partition, ev)))
+                late.append(_late(progress.partition, ev))
             else:
                 on_time.append(ev)
-        if len(out):
-            out.append(("late_count", len(out)))
+        if late:
+            out += [("late", late), ("late_count", len(late))]
         counted = ((e.t_us, e.kind, e.id, e.namespace, e.user_id, e.session_id) for e in on_time)
         folded = fold(counted, w, self.shards)
         parts, latest = to_parts(folded, progress.partition, progress.next_offset)

@@ -197,6 +197,9 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 # large enough, that the job rarely waits for the broker (bench/LIMITS.md).
                 "queued.max.messages.kbytes": "16384",
                 "max.partition.fetch.bytes": str(4 * 2**20),
+                # When that prefetch is full, librdkafka waits this long before fetching
+                # again (default 1 s): the job emptied it long before, and sat idle.
+                "fetch.queue.backoff.ms": "10",
                 **self.config,
                 "group.id": "party-rates",
                 "enable.auto.commit": "false",

@@ -51,6 +51,8 @@ class SimConfig:
     late_rate: float = 0.001
     malformed_rate: float = 0.0005
     namespace_names: tuple[str, ...] = field(default=())
+    hot_share: float = 0.0
+    """When above 0: the share of the traffic of the first namespace (one big game)."""
 
 
 class SimMessage(NamedTuple):
@@ -129,6 +131,9 @@ def generate(cfg: SimConfig) -> tuple[list[SimMessage], Truth]:
     rng = random.Random(cfg.seed)
     names = namespace_names(cfg)
     weights = [1.0 / (i + 1) ** 0.8 for i in range(len(names))]  # a few big games, a long tail
+    if cfg.hot_share > 0:
+        rest = sum(weights[1:])
+        weights = [cfg.hot_share] + [(1 - cfg.hot_share) * w / rest for w in weights[1:]]
     timeouts = {ns: rng.choice((60, 90, 120, 180)) * US_PER_S for ns in names}
     start_us = int(cfg.start.timestamp()) * US_PER_S
     span_us = int(cfg.hours * 3600 * US_PER_S)
