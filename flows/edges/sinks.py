@@ -224,16 +224,21 @@ def write_merged(storage: Storage, relpath: str, new_rows: Any, spec: DatasetSpe
     """Merge rows into the file at ``relpath`` by key and replace it atomically."""
     merged: dict[Any, Row] = {}
     existing = storage.read_table(relpath, spec.file_schema)
-    if existing is not None:
+    if existing is None:
+        for row in new_rows:
+            merge_into(merged, row, spec)
+    else:
         for row in existing.to_pylist():
             merged[spec.file_key(row)] = row
-    changed = existing is None
-    for row in new_rows:
-        changed = merge_into(merged, _file_row(row, spec), spec) or changed
-    if not changed:
-        return
+        changed = False
+        for row in new_rows:  # compared as the file stores them, to leave equal files alone
+            changed = merge_into(merged, _file_row(row, spec), spec) or changed
+        if not changed:
+            return
     ordered = [merged[k] for k in sorted(merged, key=_sort_key)]
-    storage.write_table(relpath, pa.Table.from_pylist(ordered, schema=spec.file_schema))
+    names = spec.file_schema.names
+    columns = {name: [row[name] for row in ordered] for name in names}
+    storage.write_table(relpath, pa.Table.from_pydict(columns, schema=spec.file_schema))
 
 
 def _file_row(row: Row, spec: DatasetSpec) -> Row:
