@@ -53,24 +53,24 @@ def _read(storage: Storage, relpath: str) -> list[dict]:
 
 def test_a_final_row_replaces_a_provisional_one(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
-    write_merged(storage, RATES_FILE, [_rate(1, False)], RATES)
-    write_merged(storage, RATES_FILE, [_rate(3, True)], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(1, False)]], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(3, True)]], RATES)
     (row,) = _read(storage, RATES_FILE)
     assert (row["disconnected"], row["is_final"]) == (3, True)
 
 
 def test_a_provisional_row_never_replaces_a_final_one(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
-    write_merged(storage, RATES_FILE, [_rate(3, True)], RATES)
-    write_merged(storage, RATES_FILE, [_rate(1, False)], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(3, True)]], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(1, False)]], RATES)
     (row,) = _read(storage, RATES_FILE)
     assert (row["disconnected"], row["is_final"]) == (3, True)
 
 
 def test_a_later_provisional_row_replaces_an_earlier_one(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
-    write_merged(storage, RATES_FILE, [_rate(1, False)], RATES)
-    write_merged(storage, RATES_FILE, [_rate(2, False)], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(1, False)]], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(2, False)]], RATES)
     (row,) = _read(storage, RATES_FILE)
     assert (row["disconnected"], row["is_final"]) == (2, False)
 
@@ -78,8 +78,13 @@ def test_a_later_provisional_row_replaces_an_earlier_one(tmp_path: Path) -> None
 def test_rows_of_other_windows_are_kept_one_per_key(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     later = T0 + timedelta(minutes=5)
-    write_merged(storage, RATES_FILE, [_rate(1, True), _rate(2, False, later)], RATES)
-    write_merged(storage, RATES_FILE, [_rate(5, True, later)], RATES)
+    write_merged(
+        storage,
+        RATES_FILE,
+        [RATES.file_row(r) for r in [_rate(1, True), _rate(2, False, later)]],
+        RATES,
+    )
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(5, True, later)]], RATES)
     rows = _read(storage, RATES_FILE)
     assert [(r["window_start"], r["disconnected"]) for r in rows] == [(T0, 1), (later, 5)]
 
@@ -87,35 +92,44 @@ def test_rows_of_other_windows_are_kept_one_per_key(tmp_path: Path) -> None:
 def test_log_rows_first_write_wins(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     relpath = DEAD_LETTERS.relpath(_dead(7, "first"))
-    write_merged(storage, relpath, [_dead(7, "first")], DEAD_LETTERS)
-    write_merged(storage, relpath, [_dead(7, "second"), _dead(8, "other")], DEAD_LETTERS)
+    write_merged(
+        storage, relpath, [DEAD_LETTERS.file_row(r) for r in [_dead(7, "first")]], DEAD_LETTERS
+    )
+    write_merged(
+        storage,
+        relpath,
+        [DEAD_LETTERS.file_row(r) for r in [_dead(7, "second"), _dead(8, "other")]],
+        DEAD_LETTERS,
+    )
     rows = _read(storage, relpath)
     assert [(r["offset"], r["error"]) for r in rows] == [(7, "first"), (8, "other")]
 
 
 def test_rewriting_the_same_rows_leaves_the_file_alone(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
-    write_merged(storage, RATES_FILE, [_rate(3, True)], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(3, True)]], RATES)
     path = tmp_path / RATES_FILE
     before = path.stat().st_mtime_ns, path.stat().st_ino
-    write_merged(storage, RATES_FILE, [_rate(3, True)], RATES)  # a replay after a crash
+    write_merged(
+        storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(3, True)]], RATES
+    )  # a replay after a crash
     assert (path.stat().st_mtime_ns, path.stat().st_ino) == before
 
 
 def test_a_file_is_replaced_whole_under_its_name(tmp_path: Path) -> None:
     """The new content appears under the name at once (a rename of a complete file)."""
     storage = Storage(str(tmp_path))
-    write_merged(storage, RATES_FILE, [_rate(1, False)], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(1, False)]], RATES)
     path = tmp_path / RATES_FILE
     inode = path.stat().st_ino
-    write_merged(storage, RATES_FILE, [_rate(2, True)], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(2, True)]], RATES)
     assert path.stat().st_ino != inode  # a new file, renamed over the old one
     assert [p.name for p in path.parent.iterdir()] == ["part-0.parquet"]
 
 
 def test_stale_temporary_files_are_removed_and_real_files_kept(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
-    write_merged(storage, RATES_FILE, [_rate(1, True)], RATES)
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in [_rate(1, True)]], RATES)
     real = tmp_path / RATES_FILE
     stale = [
         real.parent / ".part-0.parquet.1a2b3c4d.tmp",
@@ -143,7 +157,8 @@ def test_a_write_failing_at_the_end_of_a_run_is_reported_not_raised(tmp_path: Pa
     snapshot for the next run)."""
     sink = ParquetSink(BrokenStorage(str(tmp_path)), RATES, flush_seconds=None)
     part = sink.build_part("party_rates", "party_rates-0", None)
-    part.write_batch([[_rate(1, True)]])
+    row = _rate(1, True)
+    part.write_batch([(RATES_FILE, [RATES.file_row(row)])])
     assert part.snapshot()  # the row waits in the snapshot
     part.close()
     assert take_end_of_run_failures() == [

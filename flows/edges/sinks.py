@@ -17,9 +17,11 @@ each file once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import cached_property
+from operator import itemgetter
 from typing import Any
 from zlib import adler32
 
@@ -41,7 +43,11 @@ LOG_BLOCK = 10_000_000
 MAX_BUFFERED_ROWS = 200_000
 FLUSH_KEY = "\x00flush-"
 
-Buffer = dict[str, dict[Any, Row]]
+FileRow = tuple[Any, ...]
+"""A row as its file stores it: the values of the file schema's columns, in order (the
+partition columns are in the path). Compact to buffer and to snapshot."""
+
+Buffer = dict[str, dict[Any, FileRow]]
 
 
 @dataclass(frozen=True)
@@ -50,10 +56,46 @@ class DatasetSpec:
 
     name: str
     file_schema: pa.Schema
-    file_key: Callable[[Row], Any]
     relpath: Callable[[Row], str]
-    prefer_new: Callable[[Row, Row], bool]  # (old, new) -> replace old with new?
-    day: Callable[[Row], date | None] = lambda row: None  # the file's day, if it has one
+    key_columns: tuple[str, ...]  # one row per key in a file
+    final_column: str | None = None  # a final row is never replaced by a provisional one;
+    # without it the first write of a key wins
+
+    @cached_property
+    def _names(self) -> list[str]:
+        return list(self.file_schema.names)
+
+    @cached_property
+    def _file_row(self) -> Callable[[Row], FileRow]:
+        return itemgetter(*self._names)
+
+    @cached_property
+    def _key(self) -> Callable[[FileRow], Any]:
+        return itemgetter(*(self._names.index(c) for c in self.key_columns))
+
+    @cached_property
+    def _final(self) -> int | None:
+        return self._names.index(self.final_column) if self.final_column else None
+
+    def file_row(self, row: Row) -> FileRow:
+        """The row as the file stores it."""
+        return self._file_row(row)
+
+    def file_key(self, row: FileRow) -> Any:
+        return self._key(row)
+
+    def prefer_new(self, old: FileRow, new: FileRow) -> bool:
+        """Replace ``old`` (same key) with ``new``?"""
+        final = self._final
+        return final is not None and not (old[final] and not new[final])
+
+    def day(self, row: FileRow) -> date | None:
+        """The UTC day of a final row of a per-window dataset (its file's day), else None."""
+        final = self._final
+        if final is None or not row[final]:
+            return None
+        start: datetime = self._key(row)
+        return start.date()
 
 
 def window_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
@@ -65,14 +107,7 @@ def window_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
         segment = hive_segment("namespace", row["namespace"])
         return f"{name}/{segment}/date={day.isoformat()}/part-0.parquet"
 
-    return DatasetSpec(
-        name,
-        file_schema,
-        file_key=lambda row: row["window_start"],
-        relpath=relpath,
-        prefer_new=lambda old, new: not (old["is_final"] and not new["is_final"]),
-        day=lambda row: row["date"] if row["is_final"] else None,
-    )
+    return DatasetSpec(name, file_schema, relpath, ("window_start",), "is_final")
 
 
 def log_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
@@ -82,13 +117,7 @@ def log_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
         block = row["offset"] // LOG_BLOCK
         return f"{name}/p{row['partition']:05d}-b{block:06d}.parquet"
 
-    return DatasetSpec(
-        name,
-        file_schema,
-        file_key=lambda row: (row["partition"], row["offset"]),
-        relpath=relpath,
-        prefer_new=lambda old, new: False,
-    )
+    return DatasetSpec(name, file_schema, relpath, ("partition", "offset"))
 
 
 RATES = window_dataset("party_rates", RATES_FILE_SCHEMA)
@@ -97,25 +126,29 @@ LATE_EVENTS = log_dataset("late_events", LATE_EVENTS_SCHEMA)
 DEAD_LETTERS = log_dataset("dead_letters", DEAD_LETTERS_SCHEMA)
 
 
-def route(spec: DatasetSpec) -> Callable[[list[Row]], list[tuple[str, list[Row]]]]:
+Routed = tuple[str, list[FileRow]]
+"""(file path, the rows for it as the file stores them)."""
+
+
+def route(spec: DatasetSpec) -> Callable[[list[Row]], list[tuple[str, Routed]]]:
     """Key rows by their file, so one sink partition owns each file: one item per file, not
     per row (fewer items to hand over, and to pickle between processes)."""
 
-    def by_file(rows: list[Row]) -> list[tuple[str, list[Row]]]:
-        files: dict[str, list[Row]] = {}
+    def by_file(rows: list[Row]) -> list[tuple[str, Routed]]:
+        files: dict[str, list[FileRow]] = {}
         for row in rows:
             relpath = spec.relpath(row)
             group = files.get(relpath)
             if group is None:
-                files[relpath] = [row]
+                files[relpath] = [spec.file_row(row)]
             else:
-                group.append(row)
-        return list(files.items())
+                group.append(spec.file_row(row))
+        return [(relpath, (relpath, group)) for relpath, group in files.items()]
 
     return by_file
 
 
-def merge_into(rows: dict[Any, Row], new: Row, spec: DatasetSpec) -> bool:
+def merge_into(rows: dict[Any, FileRow], new: FileRow, spec: DatasetSpec) -> bool:
     """Merge one row by key; True if that changed ``rows``."""
     key = spec.file_key(new)
     old = rows.get(key)
@@ -125,7 +158,7 @@ def merge_into(rows: dict[Any, Row], new: Row, spec: DatasetSpec) -> bool:
     return False
 
 
-class ParquetSink(FixedPartitionedSink[list[Row] | FlushTick, Buffer]):
+class ParquetSink(FixedPartitionedSink[Routed | FlushTick, Buffer]):
     """Idempotent, atomic Parquet writer of one dataset (see the module docstring)."""
 
     def __init__(
@@ -152,7 +185,7 @@ class ParquetSink(FixedPartitionedSink[list[Row] | FlushTick, Buffer]):
         return ParquetPart(self, resume_state or {})
 
 
-class ParquetPart(StatefulSinkPartition[list[Row] | FlushTick, Buffer]):
+class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
     def __init__(self, sink: ParquetSink, buffer: Buffer) -> None:
         self.sink = sink
         self.buffer: Buffer = {path: dict(rows) for path, rows in buffer.items()}
@@ -165,13 +198,14 @@ class ParquetPart(StatefulSinkPartition[list[Row] | FlushTick, Buffer]):
         if self.buffered:
             self.flush()
 
-    def write_batch(self, values: list[list[Row] | FlushTick]) -> None:
+    def write_batch(self, values: list[Routed | FlushTick]) -> None:
         spec = self.sink.spec
-        for group in values:
-            if isinstance(group, FlushTick):
+        for item in values:
+            if isinstance(item, FlushTick):
                 continue
+            relpath, group = item
+            rows = self.buffer.setdefault(relpath, {})
             for row in group:
-                rows = self.buffer.setdefault(spec.relpath(row), {})
                 before = len(rows)
                 merge_into(rows, row, spec)
                 self.buffered += len(rows) - before
@@ -220,30 +254,30 @@ class ParquetPart(StatefulSinkPartition[list[Row] | FlushTick, Buffer]):
             end_of_run_failure(err)
 
 
-def write_merged(storage: Storage, relpath: str, new_rows: Any, spec: DatasetSpec) -> None:
-    """Merge rows into the file at ``relpath`` by key and replace it atomically."""
-    merged: dict[Any, Row] = {}
+def write_merged(
+    storage: Storage, relpath: str, new_rows: Iterable[FileRow], spec: DatasetSpec
+) -> None:
+    """Merge rows into the file at ``relpath`` by key and replace it atomically; a file
+    that would not change is left alone."""
+    merged: dict[Any, FileRow] = {}
     existing = storage.read_table(relpath, spec.file_schema)
     if existing is None:
         for row in new_rows:
             merge_into(merged, row, spec)
     else:
-        for row in existing.to_pylist():
+        columns = existing.to_pydict()
+        for row in zip(*(columns[name] for name in spec.file_schema.names), strict=True):
             merged[spec.file_key(row)] = row
         changed = False
-        for row in new_rows:  # compared as the file stores them, to leave equal files alone
-            changed = merge_into(merged, _file_row(row, spec), spec) or changed
+        for row in new_rows:
+            changed = merge_into(merged, row, spec) or changed
         if not changed:
             return
     ordered = [merged[k] for k in sorted(merged, key=_sort_key)]
-    names = spec.file_schema.names
-    columns = {name: [row[name] for row in ordered] for name in names}
-    storage.write_table(relpath, pa.Table.from_pydict(columns, schema=spec.file_schema))
-
-
-def _file_row(row: Row, spec: DatasetSpec) -> Row:
-    """The row as the file stores it (partition columns live in the path)."""
-    return {name: row[name] for name in spec.file_schema.names}
+    schema = spec.file_schema
+    columns = zip(*ordered, strict=True)
+    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)]
+    storage.write_table(relpath, pa.Table.from_arrays(arrays, schema=schema))
 
 
 def _sort_key(key: Any) -> Any:

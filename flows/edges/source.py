@@ -193,12 +193,13 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 # (overridable through the extra Kafka settings).
                 "fetch.wait.max.ms": "100" if self.follow else "10",
                 # Bounded prefetch: memory must not grow with the backlog (librdkafka's
-                # default queues up to 64 MiB per partition), yet deep enough, with fetches
-                # large enough, that the job rarely waits for the broker (bench/LIMITS.md).
-                "queued.max.messages.kbytes": "16384",
+                # default queues up to 64 MiB per partition, and holds about as much again
+                # in bookkeeping for small messages), yet deep enough, with fetches large
+                # enough, that the job rarely waits for the broker (bench/LIMITS.md).
+                "queued.max.messages.kbytes": "4096",
                 "max.partition.fetch.bytes": str(4 * 2**20),
                 # When that prefetch is full, librdkafka waits this long before fetching
-                # again (default 1 s): the job emptied it long before, and sat idle.
+                # again (default 1 s): the job empties it much sooner, and sat idle.
                 "fetch.queue.backoff.ms": "10",
                 **self.config,
                 "group.id": "party-rates",
