@@ -32,7 +32,7 @@ test: lint ## lint, then every test tier (the broker tests start their own broke
 bench: $(STAMP) ## throughput and memory against the alternatives; writes bench/RESULTS.md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-profile: $(STAMP) ## one run under cProfile; writes bench/PROFILE.md
+profile: $(STAMP) ## one run under py-spy; writes bench/PROFILE.md
 	$(BIN)/python -m bench.profile
 
 clean:

@@ -6,8 +6,9 @@ All times are UTC.
 
 from __future__ import annotations
 
+import functools
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 US_PER_S = 1_000_000
@@ -189,13 +190,15 @@ def parse_duration_us(text: str) -> int:
 
 def window_columns(namespace: str, start_us: int, window_us: int) -> dict[str, Any]:
     """The key columns every per-window row starts with (``date`` is a partition column)."""
+    day, start, end = _window_times(start_us, window_us)
+    return {"namespace": namespace, "date": day, "window_start": start, "window_end": end}
+
+
+@functools.lru_cache(maxsize=4096)
+def _window_times(start_us: int, window_us: int) -> tuple[date, datetime, datetime]:
+    """A window's date and bounds (shared by every namespace's row of that window)."""
     start = to_datetime(start_us)
-    return {
-        "namespace": namespace,
-        "date": start.date(),
-        "window_start": start,
-        "window_end": to_datetime(start_us + window_us),
-    }
+    return start.date(), start, to_datetime(start_us + window_us)
 
 
 def window_start_us(t_us: int, window_us: int) -> int:
