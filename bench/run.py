@@ -193,13 +193,15 @@ def main() -> int:
         same_rows = outputs_equal(work / "hot1" / "out", work / "hot2" / "out")
 
         print("fixed costs", file=sys.stderr)
-        subprocess.run(job(b, "steady", work / "steady-base"), check=True, capture_output=True)
+        subprocess.run(job(b, "steady", work / "steady"), check=True, capture_output=True)
+        shutil.copytree(work / "steady", work / "steady-saved")
 
         def steady(i: int) -> list[str]:
-            d = work / "steady"
-            shutil.rmtree(d, ignore_errors=True)
-            shutil.copytree(work / "steady-base", d)
-            return job(b, "steady", d, fresh=False)
+            """The state (and output) as the first run left them, restored before each run:
+            the state belongs to its output path, so both stay where they were."""
+            shutil.rmtree(work / "steady", ignore_errors=True)
+            shutil.copytree(work / "steady-saved", work / "steady")
+            return job(b, "steady", work / "steady", fresh=False)
 
         fixed = interleaved(
             {
