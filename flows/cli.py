@@ -28,6 +28,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "output": {"help": "output directory (or s3:// URI)"},
     "state": {"help": "state directory: offsets and open windows between runs"},
     "window": {"help": "window length (default 5m)"},
+    "rollups": {"help": "roll-up window lengths, multiples of the window (default 1h,1d)"},
     "allowed_lateness": {"help": "allowed lateness (default 10m)"},
     "outcome_horizon": {"help": "how long a disconnect waits for its outcome (default 1h)"},
     "dedup_horizon": {"help": "how long event ids are remembered (default: allowed lateness)"},

@@ -20,7 +20,7 @@ from bytewax.inputs import FixedPartitionedSource
 
 from flows.core.items import BatchResult, FlushTick
 from flows.edges.manifest import ManifestSink
-from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
+from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, ParquetSink, route, window_datasets
 from flows.edges.source import TopicSource
 from flows.edges.storage import Storage
 from flows.failpoints import Failpoints
@@ -52,6 +52,7 @@ def build_flow(
     storage = Storage.for_settings(settings, failpoints)
     flush = settings.flush_seconds if settings.follow else None
     w, late, horizon = settings.window_us, settings.lateness_us, settings.outcome_horizon_us
+    rollups, shards = settings.rollup_lengths_us, settings.shards
     flow = Dataflow("party_rates")
 
     batches = op.input("kafka", flow, source)
@@ -65,29 +66,24 @@ def build_flow(
     )
     # ("clock", Progress): a partition's newest event time and the shards it touched
 
+    span = max((w, *rollups))
     clock = op.stateful_batch(
-        "clock", progress, partial(ClockLogic, w, late, horizon, settings.shards, partitions)
+        "clock", progress, partial(ClockLogic, w, late, horizon, shards, span, partitions)
     )
     # ("clock", ("to_shard", (shard key, Tick | ShardPart)) | ("late", row) | ("late_count", n))
 
     reports = op.stateful_batch(
         "shards",
         op.merge("shard_in", parts, op.filter_map("to_shards", clock, _of_kind("to_shard"))),
-        partial(ShardLogic, w, horizon),
+        partial(ShardLogic, w, horizon, rollups),
     )
     # (shard key, Report): what a shard closed on a tick, or holds at the end of a run
 
     outputs = op.stateful_batch(
         "rows", op.map("by_namespace", reports, lambda kv: (kv[1].namespace, kv[1])),
-        partial(RowsLogic, w),
+        partial(RowsLogic, w, rollups),
     )  # fmt: skip
-    # (namespace, ("row" | "outcome", [row])): rows once every shard of a tick has reported
-
-    rows = op.filter_map("rows_only", outputs, _of_kind("row"))
-    # [party_rates row]: final rows as windows close, provisional rows at the end of a run
-
-    outcomes = op.filter_map("outcomes", outputs, _of_kind("outcome"))
-    # [disconnect_outcomes row]: a disconnect window's outcomes, final a horizon later
+    # (namespace, (dataset, [row])): rows once every shard of a tick has reported
 
     late_rows = op.merge(
         "late_rows",
@@ -109,9 +105,15 @@ def build_flow(
     ticking = op.filter("flush_ticks", batches, lambda b: b.flush_tick)
     # BatchResult marked about every second while following: lets the sinks write on time
 
+    datasets = [
+        (spec.name, op.filter_map(f"{spec.name}_rows", outputs, _of_kind(spec.name)), spec, n)
+        for spec, n in window_datasets(w, rollups)
+    ]
+    # [row] of one dataset: final rows as windows close, provisional rows at a run's end;
+    # party_rates and disconnect_outcomes (final a horizon later), and their roll-ups
+
     for name, stream, spec, n in (
-        ("party_rates", rows, RATES, 8),
-        ("disconnect_outcomes", outcomes, OUTCOMES, 8),
+        *datasets,
         ("late_events", late_rows, LATE_EVENTS, 2),
         ("dead_letters", dead, DEAD_LETTERS, 2),
     ):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flows.core.eventtime import parse_duration_us
+from flows.core.eventtime import duration_label, parse_duration_us
 
 SECRET_WORDS = ("password", "secret", "pem", "token", "credential", "jaas")
 
@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     output: str = Field(description="Output directory")
     state: str = Field(description="State directory (offsets and open windows)")
     window: str = Field("5m", description="Tumbling window length")
+    rollups: str = Field(
+        "1h,1d",
+        description="Roll-up window lengths, comma-separated multiples of the window (empty: none)",
+    )
     allowed_lateness: str = Field("10m", description="How far behind an event may arrive")
     outcome_horizon: str = Field(
         "1h", description="How long after a disconnect its rejoin or drop is looked for"
@@ -127,10 +131,25 @@ class Settings(BaseSettings):
                 )
         return v
 
+    @field_validator("rollups")
+    @classmethod
+    def _durations(cls, v: str) -> str:
+        for part in v.split(","):
+            if part.strip():
+                parse_duration_us(part)
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.window_us < 1_000_000:
             raise ValueError("window must be at least 1s")
+        if "rollups" in self.model_fields_set:
+            for length in self._rollups_given():
+                if length <= self.window_us or length % self.window_us:
+                    raise ValueError(
+                        f"rollups: {duration_label(length)} is not a multiple of the window "
+                        f"({self.window}) longer than it"
+                    )
         if (self.process_id is None) != (self.addresses is None):
             raise ValueError("process_id and addresses go together")
         if self.follow and parse_duration_us(self.flush_interval) < parse_duration_us(
@@ -144,6 +163,16 @@ class Settings(BaseSettings):
     @property
     def window_us(self) -> int:
         return parse_duration_us(self.window)
+
+    def _rollups_given(self) -> list[int]:
+        return sorted({parse_duration_us(p) for p in self.rollups.split(",") if p.strip()})
+
+    @property
+    def rollup_lengths_us(self) -> tuple[int, ...]:
+        """Roll-up window lengths: of the default, those that are multiples of the window
+        and longer than it (an explicit list that does not fit is refused)."""
+        w = self.window_us
+        return tuple(n for n in self._rollups_given() if n > w and n % w == 0)
 
     @property
     def lateness_us(self) -> int:

@@ -23,14 +23,15 @@ class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
         lateness_us: int,
         horizon_us: int,
         shards: int,
+        span_us: int,
         partitions: list[int],
         snap: bytes | None,
     ) -> None:
         args = (window_us, lateness_us, partitions)
         self.clock = (
-            Clock(*args, horizon_us, shards)
+            Clock(*args, horizon_us, shards, span_us=span_us)
             if snap is None
-            else Clock.restore(*args, snap, horizon_us, shards)
+            else Clock.restore(*args, snap, horizon_us, shards, span_us=span_us)
         )
 
     def on_batch(self, values: list[Progress]) -> tuple[list[ClockOutput], bool]:
@@ -47,11 +48,13 @@ class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
 
 
 class ShardLogic(StatefulBatchLogic[Any, Report, bytes]):
-    def __init__(self, window_us: int, horizon_us: int, snap: bytes | None) -> None:
+    def __init__(
+        self, window_us: int, horizon_us: int, rollups: tuple[int, ...], snap: bytes | None
+    ) -> None:
         self.shard = (
-            Shard(window_us, horizon_us)
+            Shard(window_us, horizon_us, rollups)
             if snap is None
-            else Shard.restore(window_us, snap, horizon_us)
+            else Shard.restore(window_us, snap, horizon_us, rollups)
         )
 
     def on_batch(self, values: list[Any]) -> tuple[list[Report], bool]:
@@ -69,9 +72,11 @@ class ShardLogic(StatefulBatchLogic[Any, Report, bytes]):
 
 
 class RowsLogic(StatefulBatchLogic[Report, Output, bytes]):
-    def __init__(self, window_us: int, snap: bytes | None) -> None:
+    def __init__(self, window_us: int, rollups: tuple[int, ...], snap: bytes | None) -> None:
         self.rows = (
-            NamespaceRows(window_us) if snap is None else NamespaceRows.restore(window_us, snap)
+            NamespaceRows(window_us, rollups)
+            if snap is None
+            else NamespaceRows.restore(window_us, snap, rollups)
         )
 
     def on_batch(self, values: list[Report]) -> tuple[list[Output], bool]:

@@ -13,13 +13,7 @@ from typing import Any
 import pandas as pd
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from flows.analysis import (
-    load_dead_letters,
-    load_disconnect_outcomes,
-    load_late_events,
-    load_manifests,
-    load_party_rates,
-)
+from flows.analysis import load_dead_letters, load_late_events, load_manifests
 from tests import reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,9 +81,30 @@ def reference_outcomes(
     return reference.outcomes(result, window_us, horizon_us)
 
 
-def job_outcomes(output: Path, final_only: bool = True) -> pd.DataFrame:
+ROLLUPS = ("1h", "1d")
+"""The roll-up datasets the job writes by default (``party_rates_1h``, …)."""
+
+
+def _load(output: Path, dataset: str, schema: Any) -> pd.DataFrame:
+    """A per-window dataset read back as pandas, with the contract's schema."""
+    import pyarrow.dataset as ds
+
+    from schemas.output import RATES_PARTITIONING
+
+    path = output / dataset
+    if not path.exists():
+        return schema.empty_table().to_pandas()
+    table = ds.dataset(path, schema=schema, format="parquet", partitioning=RATES_PARTITIONING)
+    return table.to_table().to_pandas()
+
+
+def job_outcomes(
+    output: Path, final_only: bool = True, dataset: str = "disconnect_outcomes"
+) -> pd.DataFrame:
     """disconnect_outcomes rows in the reference's columns (final rows only by default)."""
-    df = load_disconnect_outcomes(output)
+    from schemas.output import OUTCOMES_SCHEMA
+
+    df = _load(output, dataset, OUTCOMES_SCHEMA)
     if final_only:
         df = df[df["is_final"]].drop(columns=["window_end", "is_final"])
     df = df.drop(columns=["date"])
@@ -107,8 +122,10 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["namespace", "window_start"], ignore_index=True)
 
 
-def job_rows(output: Path) -> pd.DataFrame:
-    return _normalise(load_party_rates(output))
+def job_rows(output: Path, dataset: str = "party_rates") -> pd.DataFrame:
+    from schemas.output import RATES_SCHEMA
+
+    return _normalise(_load(output, dataset, RATES_SCHEMA))
 
 
 def assert_same_rows(got: pd.DataFrame, want: pd.DataFrame) -> None:
@@ -139,8 +156,10 @@ def total_counts(output: Path) -> dict[str, int]:
 def assert_same_output(got: Path, want: Path) -> None:
     """Two outputs hold the same rows in all four datasets (final and provisional), and
     their manifests account for the same messages in the same way."""
-    assert_same_rows(job_rows(got), job_rows(want))
-    assert_same_rows(job_outcomes(got, final_only=False), job_outcomes(want, final_only=False))
+    for suffix in ("", *(f"_{label}" for label in ROLLUPS)):
+        rates, outcomes = f"party_rates{suffix}", f"disconnect_outcomes{suffix}"
+        assert_same_rows(job_rows(got, rates), job_rows(want, rates))
+        assert_same_rows(job_outcomes(got, False, outcomes), job_outcomes(want, False, outcomes))
     assert_same_rows(late_rows(got), late_rows(want))
     assert_same_rows(dead_rows(got), dead_rows(want))
     assert total_counts(got) == total_counts(want)
@@ -159,6 +178,12 @@ def assert_matches_reference(
     result = reference.run(messages, window_us, lateness_us)
     assert_same_rows(job_rows(output), reference.rates(result, window_us))
     assert_same_rows(job_outcomes(output), reference.outcomes(result, window_us, horizon_us))
+    for label, length in zip(ROLLUPS, (3600_000_000, 86400_000_000), strict=True):
+        rates, outcomes = f"party_rates_{label}", f"disconnect_outcomes_{label}"
+        assert_same_rows(job_rows(output, rates), reference.rates(result, length))
+        assert_same_rows(
+            job_outcomes(output, dataset=outcomes), reference.outcomes(result, length, horizon_us)
+        )
     late = late_rows(output)
     assert list(zip(late["partition"], late["offset"], late["id"], strict=True)) == [
         (ev.partition, ev.offset, ev.id) for ev in result.late

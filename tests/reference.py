@@ -308,7 +308,9 @@ def outcomes(result: Result, window_us: int, horizon_us: int) -> pd.DataFrame:
                 "rejoin_seconds_p95": float(np.percentile(times, 95)) if times else None,
             }
         )
-    df = pd.DataFrame(rows)
+    columns = ["namespace", "window_start", "disconnects", "rejoined", "dropped", "unresolved"]
+    columns += ["superseded", "orphan_outcomes", "cohort_drop_ratio", "rejoin_seconds_p50"]
+    df = pd.DataFrame(rows, columns=[*columns, "rejoin_seconds_p95"])
     df["window_start"] = pd.to_datetime(df["window_start"], unit="us", utc=True)
     df["window_start"] = df["window_start"].astype("datetime64[us, UTC]")
     return df.sort_values(["namespace", "window_start"], ignore_index=True)

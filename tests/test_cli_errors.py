@@ -26,6 +26,8 @@ def _one_clear_line(stderr: str) -> str:
         ("--window", "five minutes", "window"),
         ("--allowed-lateness", "-1m", "allowed-lateness"),
         ("--workers", "0", "workers"),
+        ("--rollups", "7m", "not a multiple of the window"),
+        ("--rollups", "5m", "not a multiple of the window"),
         ("--kafka-config", "no-equals-sign", "KEY=VALUE"),
     ],
 )
@@ -75,6 +77,8 @@ def test_missing_topic_lists_what_exists(broker, tmp_path: Path) -> None:
     [
         (("--window", "5m"), ("--window", "1m"), "fresh --state"),
         ((), ("--allowed-lateness", "30m"), "lateness"),
+        ((), ("--rollups", "1h"), "roll-ups"),
+        ((), ("--shards", "8"), "shards"),
     ],
 )
 def test_state_made_with_other_settings_is_refused(

@@ -162,7 +162,13 @@ PICKLED_CLASSES = {
         ("flows.core.outcomes", "OutcomeAgg"),
         ("flows.core.items", "Tick"),
     },
-    3: {("flows.core.outcomes", "OutcomeAgg"), ("flows.core.items", "Tick")},
+    3: {
+        ("flows.core.outcomes", "OutcomeAgg"),
+        ("flows.core.items", "Tick"),
+        ("flows.core.rollups", "RollupRates"),
+        ("flows.core.rollups", "RollupOutcomes"),
+        ("flows.core.rollups", "_Distinct"),
+    },
 }
 
 

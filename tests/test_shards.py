@@ -314,7 +314,7 @@ def test_rows_wait_for_every_shard_the_tick_went_to_and_add_them_up() -> None:
     rows = NamespaceRows(W)
     assert rows.on_report(report(0, (0, 2), {T0: (3, 1, 1, 0, 2, 3)})) == []
     ((kind, (row,)),) = rows.on_report(report(2, (0, 2), {T0: (1, 0, 1, 2, 1, 1)}))
-    assert kind == "row" and row["is_final"]
+    assert kind == "party_rates" and row["is_final"]
     assert [row[c] for c in ("disconnected", "rejoined", "dropped", "rejected")] == [4, 1, 2, 2]
     assert (row["users_disconnected"], row["parties_affected"]) == (3, 4)
     assert rows.rounds == {}
@@ -324,7 +324,7 @@ def test_a_shard_with_nothing_in_a_window_does_not_hold_its_row_back() -> None:
     rows = NamespaceRows(W)
     rows.on_report(report(0, (0, 1), {T0: (1, 0, 0, 0, 1, 1)}))
     out = rows.on_report(report(1, (0, 1), {}))  # shard 1 had nothing to close
-    assert [kind for kind, _ in out] == ["row"]
+    assert [kind for kind, _ in out] == ["party_rates"]
 
 
 def test_outcome_rows_merge_the_shards_parts_percentiles_included() -> None:
@@ -334,7 +334,7 @@ def test_outcome_rows_merge_the_shards_parts_percentiles_included() -> None:
     rows = NamespaceRows(W)
     rows.on_report(report(0, (0, 1), {}, {T0: a.fields()}, closed=T0 + W + H))
     ((kind, (row,)),) = rows.on_report(report(1, (0, 1), {}, {T0: b.fields()}, closed=T0 + W + H))
-    assert kind == "outcome"
+    assert kind == "disconnect_outcomes"
     assert (row["disconnects"], row["rejoined"], row["dropped"]) == (4, 3, 1)
     assert row["rejoin_seconds_p50"] == 20.0
     assert row["cohort_drop_ratio"] == 0.25
@@ -345,7 +345,7 @@ def test_provisional_rows_at_the_end_of_a_run_are_not_kept() -> None:
     rows.on_report(report(0, (), {T0: (1, 0, 0, 0, 1, 1)}, provisional=True))
     rows.on_report(report(1, (), {T0: (2, 0, 0, 0, 2, 2)}, provisional=True))
     ((kind, (row,)),) = rows.provisional()
-    assert kind == "row" and not row["is_final"] and row["disconnected"] == 3
+    assert kind == "party_rates" and not row["is_final"] and row["disconnected"] == 3
     assert rows.provisional() == []
     assert NamespaceRows.restore(W, rows.snapshot()).rounds == {}
 
@@ -391,3 +391,72 @@ def test_matching_split_over_shards_merges_to_the_unsplit_rows(events, shards: i
             merged_aggs[start] = agg if have is None else have.merge(agg)
     got = [agg.to_row("ns-a", s, W, True) for s, agg in sorted(merged_aggs.items())]
     assert got == want
+
+
+# --- roll-ups ---------------------------------------------------------------------------------
+
+HOUR = 60 * MIN
+
+
+def test_a_rollup_counts_distinct_players_of_the_whole_window_not_a_sum() -> None:
+    """The same player disconnecting in two 5-minute windows of one hour is one player of
+    the hour (summing the windows' distinct counts would say two)."""
+    shard = Shard(W, H, (HOUR,))
+    shard.on_part(part([counted(T0, eid="1", user="u1", session="p1"),
+                        counted(T0 + W, eid="2", user="u1", session="p1"),
+                        counted(T0 + 2 * W, eid="3", user="u2", session="p2")]))  # fmt: skip
+    (report,) = shard.on_tick(Tick(T0 + HOUR, {0: 1}, (0,)))
+    assert [report.rates[s][4] for s in sorted(report.rates)] == [1, 1, 1]
+    assert report.rollup_rates == {(HOUR, T0): (3, 0, 0, 0, 2, 2)}
+
+
+def test_a_rollup_is_final_when_its_last_window_is() -> None:
+    shard = Shard(W, H, (HOUR,))
+    shard.on_part(part([counted(T0), counted(T0 + HOUR - 1, eid="2")]))
+    (report,) = shard.on_tick(Tick(T0 + HOUR - W, {0: 1}, (0,)))
+    assert report.rollup_rates == {}  # its last window is still open
+    (report,) = shard.on_tick(Tick(T0 + HOUR, {0: 1}, (0,)))
+    assert report.rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 1, 1)}
+
+
+def test_rollup_outcomes_keep_every_rejoin_time() -> None:
+    shard = Shard(W, H, (HOUR,))
+    events = [counted(T0 + i * W, DISCONNECTED, f"d{i}", user=f"u{i}", session=f"p{i}")
+              for i in range(3)]  # fmt: skip
+    events += [counted(T0 + i * W + (i + 1) * 10 * US_PER_S, REJOINED, f"r{i}", user=f"u{i}",
+                       session=f"p{i}") for i in range(3)]  # fmt: skip
+    shard.on_part(part(events))
+    (report,) = shard.on_tick(Tick(T0 + HOUR + H, {0: 1}, (0,)))
+    fields = report.rollup_outcomes[(HOUR, T0)]
+    assert fields[:2] == (3, 3) and sorted(fields[6]) == [10.0, 20.0, 30.0]
+    agg = OutcomeAgg.of(fields)
+    assert agg.to_row("ns", T0, HOUR, True)["rejoin_seconds_p50"] == 20.0
+
+
+def test_provisional_rollups_take_the_open_windows_in() -> None:
+    shard = Shard(W, H, (HOUR,))
+    shard.on_part(part([counted(T0, user="u1"), counted(T0 + W, eid="2", user="u2")]))
+    shard.on_tick(Tick(T0 + W, {0: 1}, (0,)))  # the first window closes into the roll-up
+    (provisional,) = shard.provisional()
+    assert provisional.rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 2, 1)}
+
+
+def test_rollup_state_survives_a_snapshot() -> None:
+    shard = Shard(W, H, (HOUR,))
+    shard.on_part(part([counted(T0, user="u1")]))
+    shard.on_tick(Tick(T0 + W, {0: 1}, (0,)))
+    restored = Shard.restore(W, shard.snapshot(), H, (HOUR,))
+    restored.on_part(part([counted(T0 + W, eid="2", user="u1")], next_offset=2))
+    (report,) = restored.on_tick(Tick(T0 + HOUR, {0: 2}, (0,)))
+    assert report.rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 1, 1)}
+
+
+def test_rows_step_names_the_rollup_datasets() -> None:
+    rows = NamespaceRows(W, (HOUR, 24 * HOUR))
+    out = rows.on_report(
+        Report("ns-a", T0 + HOUR, 0, (0,), {}, {}, False, {(HOUR, T0): (4, 1, 1, 0, 3, 3)}, {})
+    )
+    ((name, (row,)),) = out
+    assert name == "party_rates_1h"
+    assert (row["window_end"] - row["window_start"]).total_seconds() == 3600
+    assert row["disconnects_per_min"] == 4 / 60

@@ -188,6 +188,15 @@ def parse_duration_us(text: str) -> int:
     return int(m.group(1)) * unit[m.group(2)]
 
 
+def duration_label(us: int) -> str:
+    """The shortest name of a duration: ``1d``, ``1h``, ``90m``, ``45s`` (roll-up datasets
+    are named by it: ``party_rates_1h``)."""
+    for unit, size in (("d", 86400 * US_PER_S), ("h", 3600 * US_PER_S), ("m", 60 * US_PER_S)):
+        if us % size == 0:
+            return f"{us // size}{unit}"
+    return f"{us / US_PER_S:g}s"
+
+
 def window_columns(namespace: str, start_us: int, window_us: int) -> dict[str, Any]:
     """The key columns every per-window row starts with (``date`` is a partition column)."""
     day, start, end = _window_times(start_us, window_us)

@@ -111,6 +111,8 @@ class Report(NamedTuple):
     rates: dict[int, tuple[int, ...]]  # window start -> (4 counts, users, parties)
     outcomes: dict[int, tuple[Any, ...]]  # window start -> OutcomeAgg.fields()
     provisional: bool = False
+    rollup_rates: dict[tuple[int, int], tuple[int, ...]] = {}  # (length, start) ->
+    rollup_outcomes: dict[tuple[int, int], tuple[Any, ...]] = {}
 
 
 class Counts(NamedTuple):

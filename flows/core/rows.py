@@ -13,14 +13,14 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from flows.core.eventtime import US_PER_S, window_columns
+from flows.core.eventtime import US_PER_S, duration_label, window_columns
 from flows.core.items import Report, Row
 from flows.core.outcomes import OutcomeAgg
 from schemas.events import DISCONNECTED, DROPPED, REJECTED, REJOINED
 
 Output = tuple[str, list[Row]]
-"""("row", party_rates rows) | ("outcome", disconnect_outcomes rows): the rows of one report
-round or one end of a run, a list each."""
+"""(dataset name, rows): the rows of one dataset from one report round or one end of a run:
+``party_rates``, ``disconnect_outcomes`` and their roll-ups (``party_rates_1h``, …)."""
 
 
 def rates_row(
@@ -46,43 +46,71 @@ def rates_row(
 
 
 class _Sums:
-    """The shards' parts of some windows, added up."""
+    """The shards' parts of some windows, added up; keyed by (window length, start), the
+    base windows and the roll-ups alike."""
 
     __slots__ = ("outcomes", "rates")
 
     def __init__(self) -> None:
-        self.rates: dict[int, list[int]] = {}
-        self.outcomes: dict[int, OutcomeAgg] = {}
+        self.rates: dict[tuple[int, int], list[int]] = {}
+        self.outcomes: dict[tuple[int, int], OutcomeAgg] = {}
 
-    def add(self, rates: dict[int, Any], outcomes: dict[int, tuple[Any, ...]]) -> None:
-        for start, counts in rates.items():
-            have = self.rates.get(start)
-            if have is None:
-                self.rates[start] = list(counts)
-            else:
-                for i, n in enumerate(counts):
-                    have[i] += n
-        for start, fields in outcomes.items():
+    def add_report(self, report: Report, window_us: int) -> None:
+        self.add({(window_us, s): c for s, c in report.rates.items()}, report.rollup_rates)
+        self.add_outcomes({(window_us, s): f for s, f in report.outcomes.items()})
+        self.add_outcomes(report.rollup_outcomes)
+
+    def add(self, *rates: dict[tuple[int, int], Any]) -> None:
+        for part in rates:
+            for key, counts in part.items():
+                have = self.rates.get(key)
+                if have is None:
+                    self.rates[key] = list(counts)
+                else:
+                    for i, n in enumerate(counts):
+                        have[i] += n
+
+    def add_outcomes(self, outcomes: dict[tuple[int, int], tuple[Any, ...]]) -> None:
+        for key, fields in outcomes.items():
             agg = OutcomeAgg.of(fields)
-            have_agg = self.outcomes.get(start)
-            self.outcomes[start] = agg if have_agg is None else have_agg.merge(agg)
+            have = self.outcomes.get(key)
+            self.outcomes[key] = agg if have is None else have.merge(agg)
 
-    def rows(self, namespace: str, window_us: int, final: bool) -> list[Output]:
-        out: list[Output] = []
-        if self.rates:
-            rates = sorted(self.rates.items())
-            out.append(("row", [rates_row(namespace, s, window_us, c, final) for s, c in rates]))
-        if self.outcomes:
-            aggs = sorted(self.outcomes.items())
-            out.append(("outcome", [a.to_row(namespace, s, window_us, final) for s, a in aggs]))
-        return out
+    def absorb(self, other: _Sums) -> None:
+        self.add(other.rates)
+        self.add_outcomes({k: a.fields() for k, a in other.outcomes.items()})
+
+    def rows(
+        self, namespace: str, datasets: dict[int, tuple[str, str]], final: bool
+    ) -> list[Output]:
+        """The rows, a list per dataset: ``datasets`` maps a window length to the names of
+        its rates and outcomes datasets."""
+        by_dataset: dict[str, list[Row]] = {}
+        for (length, start), sums in sorted(self.rates.items()):
+            rows = by_dataset.setdefault(datasets[length][0], [])
+            rows.append(rates_row(namespace, start, length, sums, final))
+        for (length, start), agg in sorted(self.outcomes.items()):
+            rows = by_dataset.setdefault(datasets[length][1], [])
+            rows.append(agg.to_row(namespace, start, length, final))
+        return list(by_dataset.items())
+
+
+def dataset_names(window_us: int, rollups: tuple[int, ...]) -> dict[int, tuple[str, str]]:
+    """Window length -> (rates dataset, outcomes dataset): ``party_rates`` and
+    ``disconnect_outcomes`` for the base window, ``party_rates_1h`` … for the roll-ups."""
+    names = {window_us: ("party_rates", "disconnect_outcomes")}
+    for length in rollups:
+        label = duration_label(length)
+        names[length] = (f"party_rates_{label}", f"disconnect_outcomes_{label}")
+    return names
 
 
 class NamespaceRows:
     """One namespace's reports waiting for the other shards of their tick."""
 
-    def __init__(self, window_us: int) -> None:
+    def __init__(self, window_us: int, rollups: tuple[int, ...] = ()) -> None:
         self.window_us = window_us
+        self.datasets = dataset_names(window_us, rollups)
         self.namespace = ""
         # closed_until -> (shards expected, shards that answered, their parts so far)
         self.rounds: dict[int, tuple[frozenset[int], set[int], _Sums]] = {}
@@ -91,26 +119,26 @@ class NamespaceRows:
     def on_report(self, report: Report) -> list[Output]:
         self.namespace = report.namespace
         if report.provisional:
-            self.open.add(report.rates, report.outcomes)
+            self.open.add_report(report, self.window_us)
             return []
         t = report.closed_until
         expected, answered, sums = self.rounds.get(t) or self.rounds.setdefault(
             t, (frozenset(report.expected), set(), _Sums())
         )
         answered.add(report.shard)
-        sums.add(report.rates, report.outcomes)
+        sums.add_report(report, self.window_us)
         if not answered >= expected:
             return []
         del self.rounds[t]
-        return sums.rows(self.namespace, self.window_us, True)
+        return sums.rows(self.namespace, self.datasets, True)
 
     def provisional(self) -> list[Output]:
         """At the end of a run, after every shard's provisional report: rows not final."""
         for _t, (_expected, _answered, sums) in sorted(self.rounds.items()):
             # Only if a shard never answered (it cannot, once all data is in): what there
             # is, marked not final, rather than nothing.
-            self.open.add(sums.rates, {s: a.fields() for s, a in sums.outcomes.items()})
-        out = self.open.rows(self.namespace, self.window_us, False)
+            self.open.absorb(sums)
+        out = self.open.rows(self.namespace, self.datasets, False)
         self.open = _Sums()
         return out
 
@@ -118,7 +146,7 @@ class NamespaceRows:
         return pickle.dumps((self.namespace, self.rounds), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def restore(cls, window_us: int, snap: bytes) -> NamespaceRows:
-        self = cls(window_us)
+    def restore(cls, window_us: int, snap: bytes, rollups: tuple[int, ...] = ()) -> NamespaceRows:
+        self = cls(window_us, rollups)
         self.namespace, self.rounds = pickle.loads(snap)
         return self

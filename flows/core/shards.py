@@ -18,12 +18,16 @@ from flows.core.eventtime import US_PER_S
 from flows.core.items import Report, ShardPart, Tick, WindowPart
 from flows.core.outcomes import OutcomeMatcher
 from flows.core.partials import merge_window, summary
+from flows.core.rollups import Rollups
 
 
 class Shard:
     """One (namespace, shard)'s open windows, open incidents and watermark bookkeeping."""
 
-    def __init__(self, window_us: int, horizon_us: int = 3600 * US_PER_S) -> None:
+    def __init__(
+        self, window_us: int, horizon_us: int = 3600 * US_PER_S, rollups: tuple[int, ...] = ()
+    ) -> None:
+        self.rollups = Rollups(rollups, horizon_us)
         self.namespace = ""  # learnt from the first part
         self.shard = 0
         self.window_us = window_us
@@ -69,21 +73,44 @@ class Shard:
         outcomes: dict[int, Any] = {}
         if self.closed_until is None or closed > self.closed_until:
             self.closed_until = closed
-            w = self.window_us
+            w, rollups = self.window_us, self.rollups
             for start in sorted(s for s in self.windows if s + w <= closed):
-                rates[start] = summary(self.windows.pop(start))
+                window = self.windows.pop(start)
+                rates[start] = summary(window)
+                rollups.window_closed(start, window)
             self.outcomes.advance(closed)
-            outcomes = {s: a.fields() for s, a in self.outcomes.final_aggs(closed).items()}
-        return Report(self.namespace, closed, self.shard, tick.expected, rates, outcomes)
+            for start, agg in self.outcomes.final_aggs(closed).items():
+                outcomes[start] = agg.fields()
+                rollups.outcome_final(start, agg)
+            rollup_rates, rollup_outcomes = rollups.final(closed)
+        else:
+            rollup_rates, rollup_outcomes = {}, {}
+        return Report(
+            self.namespace, closed, self.shard, tick.expected, rates, outcomes, False,
+            rollup_rates, rollup_outcomes,
+        )  # fmt: skip
 
     def provisional(self) -> list[Report]:
         """At the end of a run: the ticks that can be applied, then what is still open."""
         out = self._apply_ready()
         rates: dict[int, tuple[int, ...]] = {s: summary(w) for s, w in sorted(self.windows.items())}
-        outcomes = {s: a.fields() for s, a in self.outcomes.provisional_aggs().items()}
-        if rates or outcomes:
-            closed = self.closed_until or 0
-            out.append(Report(self.namespace, closed, self.shard, (), rates, outcomes, True))
+        open_aggs = self.outcomes.provisional_aggs()
+        outcomes = {s: a.fields() for s, a in open_aggs.items()}
+        rollup_rates, rollup_outcomes = self.rollups.provisional(self.windows, open_aggs)
+        if rates or outcomes or rollup_rates or rollup_outcomes:
+            out.append(
+                Report(
+                    self.namespace,
+                    self.closed_until or 0,
+                    self.shard,
+                    (),
+                    rates,
+                    outcomes,
+                    True,
+                    rollup_rates,
+                    rollup_outcomes,
+                )
+            )
         return out
 
     def snapshot(self) -> bytes:
@@ -97,13 +124,21 @@ class Shard:
                 self.pending,
                 self.windows,
                 self.outcomes.snapshot(),
+                self.rollups.rates,
+                self.rollups.outcomes,
             ),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     @classmethod
-    def restore(cls, window_us: int, snap: bytes, horizon_us: int = 3600 * US_PER_S) -> Shard:
-        self = cls(window_us, horizon_us)
+    def restore(
+        cls,
+        window_us: int,
+        snap: bytes,
+        horizon_us: int = 3600 * US_PER_S,
+        rollups: tuple[int, ...] = (),
+    ) -> Shard:
+        self = cls(window_us, horizon_us, rollups)
         (
             self.namespace,
             self.shard,
@@ -112,6 +147,8 @@ class Shard:
             self.pending,
             self.windows,
             outcomes,
+            self.rollups.rates,
+            self.rollups.outcomes,
         ) = pickle.loads(snap)
         self.outcomes.restore(outcomes)
         return self

@@ -29,6 +29,7 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.core.items import FlushTick, Row
+from flows.core.rows import dataset_names
 from flows.edges.storage import Storage, end_of_run_failure, hive_segment
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
@@ -122,6 +123,21 @@ def log_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
 
 RATES = window_dataset("party_rates", RATES_FILE_SCHEMA)
 OUTCOMES = window_dataset("disconnect_outcomes", OUTCOMES_FILE_SCHEMA)
+
+
+def window_datasets(window_us: int, rollups: tuple[int, ...]) -> list[tuple[DatasetSpec, int]]:
+    """Every per-window dataset with its number of sink partitions: ``party_rates`` and
+    ``disconnect_outcomes``, and their roll-ups (fewer rows: fewer partitions)."""
+    out = [(RATES, 8), (OUTCOMES, 8)]
+    for length, (rates, outcomes) in dataset_names(window_us, rollups).items():
+        if length != window_us:
+            out += [
+                (window_dataset(rates, RATES_FILE_SCHEMA), 2),
+                (window_dataset(outcomes, OUTCOMES_FILE_SCHEMA), 2),
+            ]
+    return out
+
+
 LATE_EVENTS = log_dataset("late_events", LATE_EVENTS_SCHEMA)
 DEAD_LETTERS = log_dataset("dead_letters", DEAD_LETTERS_SCHEMA)
 

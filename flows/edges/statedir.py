@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bytewax.recovery import init_db_dir
 
+from flows.core.eventtime import duration_label
 from flows.settings import Settings
 
 STATE_FORMAT = 3
@@ -41,6 +42,12 @@ MUST_MATCH = (  # (compared key, what it is, key shown, what to do)
         f"outcome rows already final used the old horizon; changing it {FRESH}",
     ),
     ("shards", "shards", "shards", f"namespaces are split by it; changing it {FRESH}"),
+    (
+        "rollup_lengths_us",
+        "roll-ups",
+        "rollups",
+        f"roll-up windows already final were made with the old list; changing it {FRESH}",
+    ),
     ("output", "output", "output", "use the state directory made for this output"),
 )
 
@@ -60,6 +67,8 @@ def state_meta(settings: Settings) -> dict[str, object]:
         "outcome_horizon_us": settings.outcome_horizon_us,
         "allowed_lateness_us": settings.lateness_us,
         "shards": settings.shards,
+        "rollups": ",".join(duration_label(n) for n in settings.rollup_lengths_us),
+        "rollup_lengths_us": list(settings.rollup_lengths_us),
         "output": settings.output,
     }
 
