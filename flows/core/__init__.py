@@ -1,7 +1,9 @@
-"""The job's pure logic: parsing, event time, per-partition batch processing, windows,
-disconnect outcomes, the watermark, and the items passed between the dataflow's steps.
+"""The job's pure logic: parsing, event time, per-partition batch processing, partial
+aggregates, shards, roll-ups, rows, disconnect outcomes, the watermark, and the items passed
+between the dataflow's steps.
 
 Plain functions and classes over plain values, tested without a dataflow. May import the
-standard library, the decoders (msgspec, orjson, pydantic), ``schemas.events`` and each
-other; never Bytewax, Kafka, Arrow, the file system, ``flows.edges`` or ``flows.analysis``.
+standard library, the decoders (msgspec, orjson, pydantic), xxhash, NumPy,
+``schemas.events`` and each other; never Bytewax, Kafka, Arrow, the file system,
+``flows.edges`` or ``flows.analysis``.
 """
