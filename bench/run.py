@@ -141,6 +141,9 @@ def main() -> int:
         main_results = interleaved(
             {
                 "party-rates run (1 worker)": lambda i: job(b, "mixed", work / "w1"),
+                "party-rates run (1 worker, no roll-ups)": lambda i: job(
+                    b, "mixed", work / "w0", "--rollups", ""
+                ),
                 "party-rates run (2 workers)": lambda i: job(
                     b, "mixed", work / "w2", "--workers", "2"
                 ),
@@ -284,6 +287,10 @@ def memory_scaling(n: int, write: bool) -> int:
     return 0
 
 
+def _peak(results: dict[str, Runs], name: str) -> float:
+    return statistics.median(results[name].peak)
+
+
 def _us(seconds: float, n: int) -> str:
     return f"{seconds / n * 1e6:.2f}"
 
@@ -325,7 +332,8 @@ def render(
             f"| {k} | {med[k]:,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | "
             f"{_us(statistics.median(v.cpu), n)} | {max(v.peak) / 2**20:.0f} |"
         )
-    job = med["party-rates run (1 worker)"]
+    one, plain = "party-rates run (1 worker)", "party-rates run (1 worker, no roll-ups)"
+    job = med[one]
     lines += [
         "",
         f"- job ÷ hand-written: **{job / med['hand-written consumer (orjson + dict)']:.2f}**"
@@ -334,6 +342,9 @@ def render(
         " (stretch target ≥ 0.6)",
         f"- job ÷ naive Bytewax flow: "
         f"**{job / med['naive Bytewax flow (KafkaSource, json, EventClock)']:.2f}**",
+        f"- roll-ups (1h, 1d) cost: throughput ÷ without them **{job / med[plain]:.2f}** "
+        f"(target ≥ 0.90), peak RSS ÷ without them "
+        f"**{_peak(results, one) / _peak(results, plain):.2f}** (target ≤ 1.10)",
         f"- 2 workers ÷ 1 worker: **{med['party-rates run (2 workers)'] / job:.2f}**",
         f"- 2 processes ÷ 1 worker: **{med['party-rates run (2 processes)'] / job:.2f}**",
         "",
