@@ -18,14 +18,14 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 
-from flows.core.items import BatchResult, FlushTick
+from flows.core.items import BatchResult, FlushTick, Report, RollupPart
 from flows.edges.manifest import ManifestSink
 from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, ParquetSink, route, window_datasets
 from flows.edges.source import TopicSource
 from flows.edges.storage import Storage
 from flows.failpoints import Failpoints
 from flows.settings import Settings
-from flows.steps import ClockLogic, RowsLogic, ShardLogic
+from flows.steps import ClockLogic, RollupsLogic, RowsLogic, ShardLogic
 
 CLOCK = "clock"
 
@@ -33,6 +33,11 @@ CLOCK = "clock"
 def _of_kind(kind: str) -> Callable[[tuple[str, tuple[str, Any]]], Any]:
     """The payload of a stateful step's outputs of one kind (None for the others)."""
     return lambda kv: kv[1][1] if kv[1][0] == kind else None
+
+
+def _typed(cls: type) -> Callable[[tuple[str, Any]], tuple[str, Any] | None]:
+    """Keep a keyed item whose value is of one type."""
+    return lambda kv: kv if type(kv[1]) is cls else None
 
 
 def _flush_ticks(sink: ParquetSink) -> Callable[[BatchResult], list[tuple[str, FlushTick]]]:
@@ -72,13 +77,24 @@ def build_flow(
     )
     # ("clock", ("to_shard", (shard key, Tick | ShardPart)) | ("late", row) | ("late_count", n))
 
-    reports = op.stateful_batch(
+    shard_out = op.stateful_batch(
         "shards",
         op.merge("shard_in", parts, op.filter_map("to_shards", clock, _of_kind("to_shard"))),
         partial(ShardLogic, w, horizon, rollups),
     )
-    # (shard key, Report): what a shard closed on a tick, or holds at the end of a run
+    # (shard key, Report | RollupPart): what a shard closed on a tick, or holds at a run's end
 
+    rollup_reports = op.stateful_batch(
+        "rollups",
+        op.filter_map("rollup_parts", shard_out, _typed(RollupPart)),
+        partial(RollupsLogic, rollups, horizon),
+    )
+    # (shard key, Report): the shard's roll-ups that a tick made final
+
+    reports = op.merge(
+        "reports", op.filter_map("shard_reports", shard_out, _typed(Report)),
+        rollup_reports,
+    )  # fmt: skip
     outputs = op.stateful_batch(
         "rows", op.map("by_namespace", reports, lambda kv: (kv[1].namespace, kv[1])),
         partial(RowsLogic, w, rollups),

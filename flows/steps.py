@@ -10,9 +10,10 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
-from flows.core.items import Progress, Report, ShardPart
+from flows.core.items import Progress, Report, RollupPart, ShardPart
+from flows.core.rollups import ShardRollups
 from flows.core.rows import NamespaceRows, Output
-from flows.core.shards import Shard
+from flows.core.shards import Shard, ShardOutput
 from flows.core.watermark import Clock, ClockOutput
 
 
@@ -47,7 +48,7 @@ class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
         return self.clock.snapshot()
 
 
-class ShardLogic(StatefulBatchLogic[Any, Report, bytes]):
+class ShardLogic(StatefulBatchLogic[Any, ShardOutput, bytes]):
     def __init__(
         self, window_us: int, horizon_us: int, rollups: tuple[int, ...], snap: bytes | None
     ) -> None:
@@ -57,18 +58,39 @@ class ShardLogic(StatefulBatchLogic[Any, Report, bytes]):
             else Shard.restore(window_us, snap, horizon_us, rollups)
         )
 
-    def on_batch(self, values: list[Any]) -> tuple[list[Report], bool]:
-        out: list[Report] = []
+    def on_batch(self, values: list[Any]) -> tuple[list[ShardOutput], bool]:
+        out: list[ShardOutput] = []
         shard = self.shard
         for item in values:
             out += shard.on_part(item) if type(item) is ShardPart else shard.on_tick(item)
         return out, self.RETAIN
 
-    def on_eof(self) -> tuple[list[Report], bool]:
+    def on_eof(self) -> tuple[list[ShardOutput], bool]:
         return self.shard.provisional(), self.RETAIN
 
     def snapshot(self) -> bytes:
         return self.shard.snapshot()
+
+
+class RollupsLogic(StatefulBatchLogic[RollupPart, Report, bytes]):
+    def __init__(self, lengths: tuple[int, ...], horizon_us: int, snap: bytes | None) -> None:
+        self.rollups = (
+            ShardRollups(lengths, horizon_us)
+            if snap is None
+            else ShardRollups.restore(lengths, horizon_us, snap)
+        )
+
+    def on_batch(self, values: list[RollupPart]) -> tuple[list[Report], bool]:
+        out: list[Report] = []
+        for part in values:
+            out += self.rollups.on_part(part)
+        return out, self.RETAIN
+
+    def on_eof(self) -> tuple[list[Report], bool]:
+        return self.rollups.provisional(), self.RETAIN
+
+    def snapshot(self) -> bytes:
+        return self.rollups.snapshot()
 
 
 class RowsLogic(StatefulBatchLogic[Report, Output, bytes]):

@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows.core.eventtime import US_PER_S, parse_rfc3339_us, to_datetime
-from flows.core.items import Report, ShardPart, Tick, split_key
+from flows.core.items import Report, RollupPart, ShardPart, Tick, split_key
 from flows.core.outcomes import OutcomeAgg, OutcomeMatcher
 from flows.core.partials import Counted, fold, merge_window, merged, new_window, summary, to_parts
+from flows.core.rollups import ShardRollups
 from flows.core.rows import NamespaceRows, rates_row
 from flows.core.shards import Shard
 from schemas.events import DISCONNECTED, DROPPED, REJECTED, REJOINED
@@ -398,64 +399,111 @@ def test_matching_split_over_shards_merges_to_the_unsplit_rows(events, shards: i
 HOUR = 60 * MIN
 
 
+class WithRollups:
+    """A shard and its roll-ups, wired as in the dataflow: what a tick closes goes on."""
+
+    def __init__(self) -> None:
+        self.shard = Shard(W, H, (HOUR,))
+        self.rollups = ShardRollups((HOUR,), H)
+
+    def _route(self, outputs: list) -> list[Report]:
+        reports = [o for o in outputs if isinstance(o, Report)]
+        for o in outputs:
+            if isinstance(o, RollupPart):
+                reports += self.rollups.on_part(o)
+        return reports
+
+    def part(self, p: ShardPart) -> list[Report]:
+        return self._route(self.shard.on_part(p))
+
+    def tick(self, tick: Tick) -> list[Report]:
+        return self._route(self.shard.on_tick(tick))
+
+    def end(self) -> list[Report]:
+        return self._route(self.shard.provisional()) + self.rollups.provisional()
+
+
+def rollup_of(reports: list[Report]) -> Report:
+    (report,) = [r for r in reports if r.from_rollups]
+    return report
+
+
 def test_a_rollup_counts_distinct_players_of_the_whole_window_not_a_sum() -> None:
     """The same player disconnecting in two 5-minute windows of one hour is one player of
     the hour (summing the windows' distinct counts would say two)."""
-    shard = Shard(W, H, (HOUR,))
-    shard.on_part(part([counted(T0, eid="1", user="u1", session="p1"),
-                        counted(T0 + W, eid="2", user="u1", session="p1"),
-                        counted(T0 + 2 * W, eid="3", user="u2", session="p2")]))  # fmt: skip
-    (report,) = shard.on_tick(Tick(T0 + HOUR, {0: 1}, (0,)))
-    assert [report.rates[s][4] for s in sorted(report.rates)] == [1, 1, 1]
-    assert report.rollup_rates == {(HOUR, T0): (3, 0, 0, 0, 2, 2)}
+    s = WithRollups()
+    s.part(part([counted(T0, eid="1", user="u1", session="p1"),
+                 counted(T0 + W, eid="2", user="u1", session="p1"),
+                 counted(T0 + 2 * W, eid="3", user="u2", session="p2")]))  # fmt: skip
+    reports = s.tick(Tick(T0 + HOUR, {0: 1}, (0,)))
+    (base,) = [r for r in reports if not r.from_rollups]
+    assert [base.rates[t][4] for t in sorted(base.rates)] == [1, 1, 1]
+    assert base.rollups_follow
+    assert rollup_of(reports).rollup_rates == {(HOUR, T0): (3, 0, 0, 0, 2, 2)}
 
 
 def test_a_rollup_is_final_when_its_last_window_is() -> None:
-    shard = Shard(W, H, (HOUR,))
-    shard.on_part(part([counted(T0), counted(T0 + HOUR - 1, eid="2")]))
-    (report,) = shard.on_tick(Tick(T0 + HOUR - W, {0: 1}, (0,)))
-    assert report.rollup_rates == {}  # its last window is still open
-    (report,) = shard.on_tick(Tick(T0 + HOUR, {0: 1}, (0,)))
-    assert report.rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 1, 1)}
+    s = WithRollups()
+    s.part(part([counted(T0), counted(T0 + W, eid="2")]))
+    reports = s.tick(Tick(T0 + HOUR - W, {0: 1}, (0,)))
+    assert rollup_of(reports).rollup_rates == {}  # its last window is still open
+    # no window of this shard closes at the hour, yet its roll-up hears of the tick
+    reports = s.tick(Tick(T0 + HOUR, {0: 1}, (0,)))
+    assert rollup_of(reports).rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 1, 1)}
+    # its outcomes are final an outcome horizon later (two disconnects, one unresolved
+    # within the horizon, one superseded)
+    later = rollup_of(s.tick(Tick(T0 + HOUR + H, {0: 1}, (0,))))
+    assert later.rollup_rates == {}
+    assert later.rollup_outcomes[(HOUR, T0)][:6] == (2, 0, 0, 1, 1, 0)
 
 
 def test_rollup_outcomes_keep_every_rejoin_time() -> None:
-    shard = Shard(W, H, (HOUR,))
+    s = WithRollups()
     events = [counted(T0 + i * W, DISCONNECTED, f"d{i}", user=f"u{i}", session=f"p{i}")
               for i in range(3)]  # fmt: skip
     events += [counted(T0 + i * W + (i + 1) * 10 * US_PER_S, REJOINED, f"r{i}", user=f"u{i}",
                        session=f"p{i}") for i in range(3)]  # fmt: skip
-    shard.on_part(part(events))
-    (report,) = shard.on_tick(Tick(T0 + HOUR + H, {0: 1}, (0,)))
-    fields = report.rollup_outcomes[(HOUR, T0)]
+    s.part(part(events))
+    fields = rollup_of(s.tick(Tick(T0 + HOUR + H, {0: 1}, (0,)))).rollup_outcomes[(HOUR, T0)]
     assert fields[:2] == (3, 3) and sorted(fields[6]) == [10.0, 20.0, 30.0]
     agg = OutcomeAgg.of(fields)
     assert agg.to_row("ns", T0, HOUR, True)["rejoin_seconds_p50"] == 20.0
 
 
 def test_provisional_rollups_take_the_open_windows_in() -> None:
-    shard = Shard(W, H, (HOUR,))
-    shard.on_part(part([counted(T0, user="u1"), counted(T0 + W, eid="2", user="u2")]))
-    shard.on_tick(Tick(T0 + W, {0: 1}, (0,)))  # the first window closes into the roll-up
-    (provisional,) = shard.provisional()
-    assert provisional.rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 2, 1)}
+    s = WithRollups()
+    s.part(part([counted(T0, user="u1"), counted(T0 + W, eid="2", user="u2")]))
+    s.tick(Tick(T0 + W, {0: 1}, (0,)))  # the first window closes into the roll-up
+    provisional = [r for r in s.end() if r.from_rollups]
+    assert [r.rollup_rates for r in provisional] == [{(HOUR, T0): (2, 0, 0, 0, 2, 1)}]
+    assert all(r.provisional for r in provisional)
 
 
 def test_rollup_state_survives_a_snapshot() -> None:
-    shard = Shard(W, H, (HOUR,))
-    shard.on_part(part([counted(T0, user="u1")]))
-    shard.on_tick(Tick(T0 + W, {0: 1}, (0,)))
-    restored = Shard.restore(W, shard.snapshot(), H, (HOUR,))
-    restored.on_part(part([counted(T0 + W, eid="2", user="u1")], next_offset=2))
-    (report,) = restored.on_tick(Tick(T0 + HOUR, {0: 2}, (0,)))
-    assert report.rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 1, 1)}
+    s = WithRollups()
+    s.part(part([counted(T0, user="u1")]))
+    s.tick(Tick(T0 + W, {0: 1}, (0,)))
+    s.shard = Shard.restore(W, s.shard.snapshot(), H, (HOUR,))
+    s.rollups = ShardRollups.restore((HOUR,), H, s.rollups.snapshot())
+    s.part(part([counted(T0 + W, eid="2", user="u1")], next_offset=2))
+    reports = s.tick(Tick(T0 + HOUR, {0: 2}, (0,)))
+    assert rollup_of(reports).rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 1, 1)}
+
+
+def test_rows_wait_for_the_rollups_a_shard_announced() -> None:
+    rows = NamespaceRows(W, (HOUR,))
+    base = Report("ns-a", T0 + HOUR, 0, (0,), {T0: (1, 0, 0, 0, 1, 1)}, {}, rollups_follow=True)
+    assert rows.on_report(base) == []
+    rollup = Report("ns-a", T0 + HOUR, 0, (), {}, {}, rollup_rates={(HOUR, T0): (1, 0, 0, 0, 1, 1)},
+                    from_rollups=True)  # fmt: skip
+    assert sorted(name for name, _ in rows.on_report(rollup)) == ["party_rates", "party_rates_1h"]
 
 
 def test_rows_step_names_the_rollup_datasets() -> None:
     rows = NamespaceRows(W, (HOUR, 24 * HOUR))
     out = rows.on_report(
         Report("ns-a", T0 + HOUR, 0, (0,), {}, {}, False, {(HOUR, T0): (4, 1, 1, 0, 3, 3)}, {})
-    )
+    )  # a report carrying roll-ups (as the roll-ups' own do) with nothing else awaited
     ((name, (row,)),) = out
     assert name == "party_rates_1h"
     assert (row["window_end"] - row["window_start"]).total_seconds() == 3600

@@ -113,6 +113,20 @@ class Report(NamedTuple):
     provisional: bool = False
     rollup_rates: dict[tuple[int, int], tuple[int, ...]] = {}  # (length, start) ->
     rollup_outcomes: dict[tuple[int, int], tuple[Any, ...]] = {}
+    rollups_follow: bool = False  # a shard's report: its roll-ups report on this tick too
+    from_rollups: bool = False  # the report of a shard's roll-ups
+
+
+class RollupPart(NamedTuple):
+    """What a shard closed on one tick, for its roll-ups: the base windows made final and
+    the outcome aggregates decided (or, ``provisional``, what is open at a run's end)."""
+
+    namespace: str
+    shard: int
+    closed_until: int
+    windows: dict[int, WindowPart]
+    outcomes: dict[int, tuple[Any, ...]]
+    provisional: bool = False
 
 
 class Counts(NamedTuple):

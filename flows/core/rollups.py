@@ -17,12 +17,13 @@ the rates, its end plus the outcome horizon for the outcomes.
 
 from __future__ import annotations
 
+import pickle
 from array import array
 from typing import Any
 
 import numpy as np
 
-from flows.core.items import WindowPart
+from flows.core.items import Report, RollupPart, WindowPart
 from flows.core.outcomes import OutcomeAgg
 
 _COMPACT_AT = 16  # arrays waiting to be joined before they are
@@ -175,3 +176,62 @@ class Rollups:
             for key in sorted(set(self.outcomes) | set(aggs_in))
         }
         return rates, outcomes
+
+
+class ShardRollups:
+    """The roll-ups of one (namespace, shard), fed what the shard closes on each tick.
+
+    Kept apart from the shard itself: the shard's state changes with every batch (and is
+    snapshotted as often), the roll-ups' only when a window closes, so their day-long state
+    is snapshotted only then.
+    """
+
+    def __init__(self, lengths: tuple[int, ...], horizon_us: int) -> None:
+        self.rollups = Rollups(lengths, horizon_us)
+        self.namespace = ""
+        self.shard = 0
+        self.open: RollupPart | None = None  # what the shard holds open at a run's end
+
+    def on_part(self, part: RollupPart) -> list[Report]:
+        self.namespace, self.shard = part.namespace, part.shard
+        if part.provisional:
+            self.open = part
+            return []
+        rollups = self.rollups
+        for start, window in part.windows.items():
+            rollups.window_closed(start, window)
+        for start, fields in part.outcomes.items():
+            rollups.outcome_final(start, OutcomeAgg.of(fields))
+        rates, outcomes = rollups.final(part.closed_until)
+        return [
+            Report(
+                self.namespace, part.closed_until, self.shard, (), {}, {},
+                rollup_rates=rates, rollup_outcomes=outcomes, from_rollups=True,
+            )
+        ]  # fmt: skip
+
+    def provisional(self) -> list[Report]:
+        """At the end of a run: every roll-up not final, with what the shard holds open."""
+        part, self.open = self.open, None
+        windows = part.windows if part else {}
+        aggs = {s: OutcomeAgg.of(f) for s, f in part.outcomes.items()} if part else {}
+        rates, outcomes = self.rollups.provisional(windows, aggs)
+        if not (rates or outcomes):
+            return []
+        closed = part.closed_until if part else 0
+        return [
+            Report(
+                self.namespace, closed, self.shard, (), {}, {}, True,
+                rates, outcomes, from_rollups=True,
+            )
+        ]  # fmt: skip
+
+    def snapshot(self) -> bytes:
+        state = (self.namespace, self.shard, self.rollups.rates, self.rollups.outcomes)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, lengths: tuple[int, ...], horizon_us: int, snap: bytes) -> ShardRollups:
+        self = cls(lengths, horizon_us)
+        self.namespace, self.shard, self.rollups.rates, self.rollups.outcomes = pickle.loads(snap)
+        return self

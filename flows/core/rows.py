@@ -105,6 +105,17 @@ def dataset_names(window_us: int, rollups: tuple[int, ...]) -> dict[int, tuple[s
     return names
 
 
+class _Round:
+    """The reports of one tick (closed_until) of a namespace."""
+
+    __slots__ = ("answered", "awaited", "sums")
+
+    def __init__(self) -> None:
+        self.awaited: set[tuple[str, int]] = set()  # ("shard" | "rollups", shard)
+        self.answered: set[tuple[str, int]] = set()
+        self.sums = _Sums()
+
+
 class NamespaceRows:
     """One namespace's reports waiting for the other shards of their tick."""
 
@@ -112,8 +123,9 @@ class NamespaceRows:
         self.window_us = window_us
         self.datasets = dataset_names(window_us, rollups)
         self.namespace = ""
-        # closed_until -> (shards expected, shards that answered, their parts so far)
-        self.rounds: dict[int, tuple[frozenset[int], set[int], _Sums]] = {}
+        # closed_until -> the round: its shards expected, the reports still awaited, the
+        # reports in, and their parts so far
+        self.rounds: dict[int, _Round] = {}
         self.open = _Sums()  # provisional parts, at the end of a run (not kept across runs)
 
     def on_report(self, report: Report) -> list[Output]:
@@ -122,22 +134,30 @@ class NamespaceRows:
             self.open.add_report(report, self.window_us)
             return []
         t = report.closed_until
-        expected, answered, sums = self.rounds.get(t) or self.rounds.setdefault(
-            t, (frozenset(report.expected), set(), _Sums())
-        )
-        answered.add(report.shard)
-        sums.add_report(report, self.window_us)
-        if not answered >= expected:
+        r = self.rounds.get(t)
+        if r is None:
+            r = self.rounds[t] = _Round()
+        if report.from_rollups:
+            r.answered.add(("rollups", report.shard))
+        else:
+            r.awaited.update(("shard", s) for s in report.expected)
+            r.answered.add(("shard", report.shard))
+            if report.rollups_follow:
+                r.awaited.add(("rollups", report.shard))
+        r.sums.add_report(report, self.window_us)
+        # complete: every shard the tick went to has answered, and the roll-ups they said
+        # would answer too (the shards' reports name the tick's shards)
+        if not r.awaited or not r.answered >= r.awaited:
             return []
         del self.rounds[t]
-        return sums.rows(self.namespace, self.datasets, True)
+        return r.sums.rows(self.namespace, self.datasets, True)
 
     def provisional(self) -> list[Output]:
         """At the end of a run, after every shard's provisional report: rows not final."""
-        for _t, (_expected, _answered, sums) in sorted(self.rounds.items()):
+        for _t, r in sorted(self.rounds.items()):
             # Only if a shard never answered (it cannot, once all data is in): what there
             # is, marked not final, rather than nothing.
-            self.open.absorb(sums)
+            self.open.absorb(r.sums)
         out = self.open.rows(self.namespace, self.datasets, False)
         self.open = _Sums()
         return out

@@ -6,7 +6,9 @@ their outcomes. It applies watermark ticks only once it has received every batch
 computed from, so a tick never overtakes data; on each tick it reports to its namespace's
 rows step what it closed: every window the tick made final, and the outcome aggregates of
 every window whose outcome horizon passed. Every tick is answered, if only with an empty
-report, so the rows step knows when it has every shard's part.
+report, so the rows step knows when it has every shard's part. What it closed also goes to
+the shard's roll-ups (flows.core.rollups), a step of their own: their day-long state changes
+only when a window closes, and is only snapshotted then.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import pickle
 from typing import Any
 
 from flows.core.eventtime import US_PER_S
-from flows.core.items import Report, ShardPart, Tick, WindowPart
+from flows.core.items import Report, RollupPart, ShardPart, Tick, WindowPart
 from flows.core.outcomes import OutcomeMatcher
 from flows.core.partials import merge_window, summary
-from flows.core.rollups import Rollups
+
+ShardOutput = Report | RollupPart
 
 
 class Shard:
@@ -27,7 +30,8 @@ class Shard:
     def __init__(
         self, window_us: int, horizon_us: int = 3600 * US_PER_S, rollups: tuple[int, ...] = ()
     ) -> None:
-        self.rollups = Rollups(rollups, horizon_us)
+        self.rollups = rollups
+        self.horizon_us = horizon_us
         self.namespace = ""  # learnt from the first part
         self.shard = 0
         self.window_us = window_us
@@ -36,8 +40,10 @@ class Shard:
         self.seen: dict[int, int] = {}  # partition -> next offset of the latest part
         self.pending: list[Tick] = []
         self.windows: dict[int, WindowPart] = {}
+        # When the roll-ups this shard added to become final: they must hear of that tick.
+        self.rollups_due: set[int] = set()
 
-    def on_part(self, part: ShardPart) -> list[Report]:
+    def on_part(self, part: ShardPart) -> list[ShardOutput]:
         self.namespace, self.shard = part.namespace, part.shard
         windows = self.windows
         for start, window in part.windows.items():
@@ -52,65 +58,68 @@ class Shard:
             self.seen[part.partition] = part.next_offset
         return self._apply_ready() if self.pending else []
 
-    def on_tick(self, tick: Tick) -> list[Report]:
+    def on_tick(self, tick: Tick) -> list[ShardOutput]:
         self.pending.append(tick)
         return self._apply_ready()
 
     def _ready(self, tick: Tick) -> bool:
         return all(self.seen.get(p, -1) >= off for p, off in tick.required.items())
 
-    def _apply_ready(self) -> list[Report]:
-        out: list[Report] = []
+    def _apply_ready(self) -> list[ShardOutput]:
+        out: list[ShardOutput] = []
         while self.pending and self._ready(self.pending[0]):
-            out.append(self._close(self.pending.pop(0)))
+            out += self._close(self.pending.pop(0))
         return out
 
-    def _close(self, tick: Tick) -> Report:
+    def _close(self, tick: Tick) -> list[ShardOutput]:
         """What the tick makes final. A tick older than one applied closes nothing, but is
         answered all the same."""
         closed = tick.closed_until
         rates: dict[int, tuple[int, ...]] = {}
-        outcomes: dict[int, Any] = {}
+        closed_windows: dict[int, WindowPart] = {}
+        final_aggs: dict[int, tuple[Any, ...]] = {}
         if self.closed_until is None or closed > self.closed_until:
             self.closed_until = closed
-            w, rollups = self.window_us, self.rollups
+            w = self.window_us
             for start in sorted(s for s in self.windows if s + w <= closed):
-                window = self.windows.pop(start)
+                closed_windows[start] = window = self.windows.pop(start)
                 rates[start] = summary(window)
-                rollups.window_closed(start, window)
             self.outcomes.advance(closed)
-            for start, agg in self.outcomes.final_aggs(closed).items():
-                outcomes[start] = agg.fields()
-                rollups.outcome_final(start, agg)
-            rollup_rates, rollup_outcomes = rollups.final(closed)
-        else:
-            rollup_rates, rollup_outcomes = {}, {}
-        return Report(
-            self.namespace, closed, self.shard, tick.expected, rates, outcomes, False,
-            rollup_rates, rollup_outcomes,
+            final_aggs = {s: a.fields() for s, a in self.outcomes.final_aggs(closed).items()}
+        to_rollups = self._due(closed, closed_windows, final_aggs)
+        report = Report(
+            self.namespace, closed, self.shard, tick.expected, rates, final_aggs,
+            rollups_follow=to_rollups,
         )  # fmt: skip
+        if not to_rollups:
+            return [report]
+        part = RollupPart(self.namespace, self.shard, closed, closed_windows, final_aggs)
+        return [report, part]
 
-    def provisional(self) -> list[Report]:
+    def _due(self, closed: int, windows: dict[int, Any], aggs: dict[int, Any]) -> bool:
+        """Whether the roll-ups must hear of this tick: it closed something of theirs, or
+        one they hold becomes final."""
+        if not self.rollups:
+            return False
+        horizon = self.horizon_us
+        for length in self.rollups:
+            self.rollups_due.update(s - s % length + length for s in windows)
+            self.rollups_due.update(s - s % length + length + horizon for s in aggs)
+        due = {t for t in self.rollups_due if t <= closed}
+        self.rollups_due -= due
+        return bool(windows or aggs or due)
+
+    def provisional(self) -> list[ShardOutput]:
         """At the end of a run: the ticks that can be applied, then what is still open."""
         out = self._apply_ready()
         rates: dict[int, tuple[int, ...]] = {s: summary(w) for s, w in sorted(self.windows.items())}
-        open_aggs = self.outcomes.provisional_aggs()
-        outcomes = {s: a.fields() for s, a in open_aggs.items()}
-        rollup_rates, rollup_outcomes = self.rollups.provisional(self.windows, open_aggs)
-        if rates or outcomes or rollup_rates or rollup_outcomes:
-            out.append(
-                Report(
-                    self.namespace,
-                    self.closed_until or 0,
-                    self.shard,
-                    (),
-                    rates,
-                    outcomes,
-                    True,
-                    rollup_rates,
-                    rollup_outcomes,
-                )
-            )
+        outcomes = {s: a.fields() for s, a in self.outcomes.provisional_aggs().items()}
+        closed = self.closed_until or 0
+        if rates or outcomes:
+            out.append(Report(self.namespace, closed, self.shard, (), rates, outcomes, True))
+        if self.rollups:
+            windows = {s: w for s, w in self.windows.items()}
+            out.append(RollupPart(self.namespace, self.shard, closed, windows, outcomes, True))
         return out
 
     def snapshot(self) -> bytes:
@@ -124,8 +133,7 @@ class Shard:
                 self.pending,
                 self.windows,
                 self.outcomes.snapshot(),
-                self.rollups.rates,
-                self.rollups.outcomes,
+                self.rollups_due,
             ),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
@@ -147,8 +155,7 @@ class Shard:
             self.pending,
             self.windows,
             outcomes,
-            self.rollups.rates,
-            self.rollups.outcomes,
+            self.rollups_due,
         ) = pickle.loads(snap)
         self.outcomes.restore(outcomes)
         return self
