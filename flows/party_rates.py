@@ -20,6 +20,7 @@ from bytewax.inputs import FixedPartitionedSource
 
 from flows.core.items import BatchResult, FlushTick
 from flows.edges.manifest import ManifestSink
+from flows.edges.metrics import METRICS
 from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
 from flows.edges.source import TopicSource
 from flows.edges.storage import Storage
@@ -40,13 +41,15 @@ def _flush_ticks(sink: ParquetSink) -> Callable[[BatchResult], list[tuple[str, F
 
 
 def build_flow(
-    settings: Settings | None = None, source: FixedPartitionedSource | None = None
+    settings: Settings | None = None,
+    source: FixedPartitionedSource | None = None,
+    failpoints: Failpoints | None = None,
 ) -> Dataflow:
     """Wire the dataflow. Without ``settings`` they come from ``PARTY_RATES_*``; ``source``
     replaces the Kafka input (tests)."""
     if settings is None:
         settings = Settings()
-    failpoints = Failpoints(settings.failpoint)
+    failpoints = failpoints or Failpoints(settings.failpoint)
     source = source or TopicSource(settings, failpoints)
     partitions = [int(p) for p in source.list_parts()]
     storage = Storage.for_settings(settings, failpoints)
@@ -66,8 +69,13 @@ def build_flow(
     # ("clock", Progress): a partition's newest event time and the shards it touched
 
     clock = op.stateful_batch(
-        "clock", progress, partial(ClockLogic, w, late, horizon, settings.shards, partitions)
-    )
+        "clock",
+        progress,
+        partial(
+            ClockLogic, w, late, horizon, settings.shards, partitions,
+            on_watermark=METRICS.watermark,
+        ),
+    )  # fmt: skip
     # ("clock", ("to_shard", (shard key, Tick | ShardPart)) | ("late", row) | ("late_count", n))
 
     reports = op.stateful_batch(

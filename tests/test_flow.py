@@ -60,6 +60,12 @@ class FakeConsumer:
         self.pos += len(out)
         return out
 
+    def get_watermark_offsets(self, tp: Any, cached: bool = False) -> tuple[int, int]:
+        return 0, len(self.messages)
+
+    def commit(self, offsets: list[Any], asynchronous: bool = True) -> None:
+        self.committed = [(tp.partition, tp.offset) for tp in offsets]
+
     def close(self) -> None:
         pass
 

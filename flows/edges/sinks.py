@@ -27,6 +27,7 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.core.items import FlushTick, Row
+from flows.edges.metrics import METRICS
 from flows.edges.storage import Storage, end_of_run_failure, hive_segment
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
@@ -239,6 +240,7 @@ def write_merged(storage: Storage, relpath: str, new_rows: Any, spec: DatasetSpe
     names = spec.file_schema.names
     columns = {name: [row[name] for row in ordered] for name in names}
     storage.write_table(relpath, pa.Table.from_pydict(columns, schema=spec.file_schema))
+    METRICS.wrote(spec.name, len(ordered))
 
 
 def _file_row(row: Row, spec: DatasetSpec) -> Row:
