@@ -355,23 +355,25 @@ def commit_final_positions(
     durable, positions. Never stops the run: a failure is reported once and in the
     manifest.
     """
-    from flows.edges.group import commit_durable, group_commits
+    from flows.edges.group import group_commits
     from flows.edges.manifest import note_group_error
     from flows.edges.source import quiet
 
     if not settings.group_id or (settings.process_id or 0) != 0:
         return
-    commits = group_commits(settings.group_id, settings.topic, failpoints)
+    config = settings.kafka_base_config()
+    commits = group_commits(
+        {**quiet(config), **config}, settings.group_id, settings.topic, failpoints
+    )
     try:
         deadline = time.monotonic() + (10.0 if settled else 0.0)
         offsets, done = state.durable_offsets()
         while not done and time.monotonic() < deadline:
             time.sleep(0.05)  # polling the recovery store the other processes write
             offsets, done = state.durable_offsets()
-        config = settings.kafka_base_config()
-        ok = commit_durable(
-            {**quiet(config), **config}, commits, offsets, min(10.0, settings.connect_seconds)
-        )
+        if offsets:
+            commits.commit(offsets)
+        ok = commits.flush(min(10.0, settings.connect_seconds))
     except Exception as err:
         commits.failed(_last_line(err))
         ok = False

@@ -13,12 +13,20 @@ durable, so a group's committed offset is never ahead of where the next run resu
   a position the recovery store already holds, or behind it.
 * **At the end of a run** the last snapshot is durable once the dataflow has returned.
   Process 0 reads from the recovery store what the next run would resume from and commits
-  that, for every partition (see :func:`commit_durable`).
+  that, for every partition (``flows/cli.py: commit_final_positions``).
 
-A commit that fails (no right on the group, the group used by a subscribed consumer) is
-reported once on stderr and in the manifest; the run goes on and the next commit tries
-again. Commits are asynchronous: they never hold a reader up, and their errors never count
-as lost brokers (``--broker-timeout``).
+Commits go through an admin client (the OffsetCommit request ``kafka-consumer-groups
+--reset-offsets`` sends), not through the readers' consumers: a consumer with a commit
+still unanswered blocks in ``close()`` for as long as the brokers are away, which would
+hold a run that lost its brokers past ``--broker-timeout``. An admin request has its own
+timeout and nothing to close. One request is in flight at a time per process and the
+positions waiting behind it are merged, so the group never sees an older position after a
+newer one.
+
+A commit that fails (no right on the group, the group used by a subscribed consumer, a
+coordinator away) is reported once on stderr and in the manifest; the run goes on and the
+next commit tries again. Commits never hold a reader up, and their errors never count as
+lost brokers (``--broker-timeout``).
 """
 
 from __future__ import annotations
@@ -26,72 +34,113 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from flows.edges.metrics import METRICS
 from flows.failpoints import Failpoints
 
-GROUP_ERRORS = frozenset(
-    {
-        KafkaError.GROUP_AUTHORIZATION_FAILED,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.INVALID_GROUP_ID,
-        KafkaError.UNKNOWN_MEMBER_ID,
-        KafkaError.ILLEGAL_GENERATION,
-        KafkaError.REBALANCE_IN_PROGRESS,
-        KafkaError.INVALID_COMMIT_OFFSET_SIZE,
-        KafkaError.OFFSET_METADATA_TOO_LARGE,
-        KafkaError._WAIT_COORD,
-    }
-)
-"""Client errors about the consumer group: the commits' business, never a lost broker."""
+REQUEST_TIMEOUT_S = 10.0
 
 
 def _reason(err: Any) -> str:
+    if isinstance(err, Exception) and err.args and isinstance(err.args[0], KafkaError):
+        err = err.args[0]
     return err.str() if isinstance(err, KafkaError) else str(err)
 
 
 class GroupCommits:
-    """The consumer group of this process's readers, and what became of their commits."""
+    """This process's commits of durable read positions to one consumer group."""
 
-    def __init__(self, group_id: str, topic: str, failpoints: Failpoints) -> None:
+    def __init__(
+        self, config: dict[str, Any], group_id: str, topic: str, failpoints: Failpoints
+    ) -> None:
+        self.config = config
         self.group_id = group_id
         self.topic = topic
         self.failpoints = failpoints
         self.error: str | None = None  # the first failure in this process
         self._unsent: str | None = None  # that failure, until a batch takes it to the manifest
-        self._lock = threading.Lock()
+        self._admin: AdminClient | None = None
+        self._pending: dict[int, int] = {}  # partition -> position, waiting to be sent
+        self._inflight = False
+        self._last_ok = True
+        self._cond = threading.Condition()
 
-    def consumer_config(self) -> dict[str, Any]:
-        """Settings of a consumer whose commits come back here."""
-        return {"group.id": self.group_id, "on_commit": self.done}
-
-    def commit(self, consumer: Any, partition: int, offset: int) -> None:
-        """Commit one durable position (asynchronous: the reader goes on at once)."""
+    def commit(self, offsets: dict[int, int]) -> None:
+        """Commit durable positions; returns at once (the answer comes back on a client
+        thread). Sent now, or merged into the next request if one is in flight."""
         self.failpoints.reached("before-group-commit")
-        try:
-            consumer.commit(
-                offsets=[TopicPartition(self.topic, partition, offset)], asynchronous=True
-            )
-        except Exception as err:  # e.g. the client is shutting down
-            self.failed(_reason(err.args[0] if err.args else err))
+        with self._cond:
+            self._pending.update(offsets)
+            if self._inflight:
+                return
+            batch, self._pending = self._pending, {}
+            self._inflight = True
+        self._send(batch)
 
-    def done(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """The broker's answer (served by the reader's next ``consume()``)."""
-        bad = err or next((tp.error for tp in partitions if tp.error is not None), None)
-        if bad is not None:
-            self.failed(_reason(bad))
+    def flush(self, timeout_s: float) -> bool:
+        """Send what waits and wait for the answers; True if the last one was a success."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._cond:
+                if not self._inflight and not self._pending:
+                    return self._last_ok
+                if self._inflight:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.failed(f"no answer from the group coordinator in {timeout_s:g}s")
+                        return False
+                    self._cond.wait(left)
+                    continue
+                batch, self._pending = self._pending, {}
+                self._inflight = True
+            self._send(batch)
+
+    def _send(self, batch: dict[int, int]) -> None:
+        try:
+            if self._admin is None:
+                # client errors come back with each request's answer
+                config: dict[str, Any] = {**self.config, "error_cb": lambda err: None}
+                self._admin = AdminClient(config)
+            request = ConsumerGroupTopicPartitions(
+                self.group_id,
+                [TopicPartition(self.topic, p, off) for p, off in sorted(batch.items())],
+            )
+            future = self._admin.alter_consumer_group_offsets(
+                [request], request_timeout=REQUEST_TIMEOUT_S
+            )[self.group_id]
+        except Exception as err:
+            self._answered(_reason(err))
             return
-        METRICS.group_commit(True)
-        self.failpoints.reached("after-group-commit")
+        future.add_done_callback(self._on_answer)
+
+    def _on_answer(self, future: Future[Any]) -> None:
+        try:
+            result = future.result()
+            bad = next((tp.error for tp in result.topic_partitions if tp.error), None)
+            reason = None if bad is None else _reason(bad)
+        except Exception as err:
+            reason = _reason(err)
+        self._answered(reason)
+
+    def _answered(self, reason: str | None) -> None:
+        if reason is None:
+            METRICS.group_commit(True)
+            self.failpoints.reached("after-group-commit")
+        else:
+            self.failed(reason)
+        with self._cond:
+            self._inflight = False
+            self._last_ok = reason is None
+            self._cond.notify_all()
 
     def failed(self, reason: str) -> None:
         METRICS.group_commit(False)
-        with self._lock:
+        with self._cond:
             if self.error is not None:
                 return
             self.error = self._unsent = reason
@@ -106,60 +155,23 @@ class GroupCommits:
         """The failure not yet reported in the manifest, once."""
         if self._unsent is None:
             return None
-        with self._lock:
+        with self._cond:
             reason, self._unsent = self._unsent, None
         return reason
 
 
-COMMITS: dict[str, GroupCommits] = {}
-"""This process's :class:`GroupCommits` per group id (the final commit reports through the
-readers' one, so a failure is printed once per process)."""
+_CURRENT: dict[tuple[str, str], GroupCommits] = {}
+_CURRENT_LOCK = threading.Lock()
 
 
-def group_commits(group_id: str, topic: str, failpoints: Failpoints) -> GroupCommits:
-    commits = COMMITS.get(group_id)
-    if commits is None or commits.topic != topic or commits.failpoints is not failpoints:
-        commits = COMMITS[group_id] = GroupCommits(group_id, topic, failpoints)
-    return commits
-
-
-def commit_durable(
-    config: dict[str, str],
-    commits: GroupCommits,
-    offsets: dict[int, int],
-    timeout_s: float,
-) -> bool:
-    """Commit positions read from the recovery store after the dataflow returned; True if
-    the broker accepted them. Waits at most ``timeout_s`` for the answer."""
-    if not offsets:
-        return True
-    answers: list[tuple[KafkaError | None, list[TopicPartition]]] = []
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": commits.group_id,
-            "enable.auto.commit": "false",
-            "on_commit": lambda err, parts: answers.append((err, parts)),
-            "socket.timeout.ms": str(max(1000, int(timeout_s * 1000))),
-        }
-    )
-    try:
-        commits.failpoints.reached("before-group-commit")
-        tps = [TopicPartition(commits.topic, p, off) for p, off in sorted(offsets.items())]
-        consumer.commit(offsets=tps, asynchronous=True)
-        deadline = time.monotonic() + timeout_s
-        while not answers and time.monotonic() < deadline:
-            consumer.poll(0.1)  # serves the commit's answer
-        if not answers:
-            commits.failed(f"no answer from the group coordinator in {timeout_s:g}s")
-            return False
-        err, parts = answers[0]
-        bad = err or next((tp.error for tp in parts if tp.error is not None), None)
-        if bad is not None:
-            commits.failed(_reason(bad))
-            return False
-        METRICS.group_commit(True)
-        commits.failpoints.reached("after-group-commit")
-        return True
-    finally:
-        consumer.close()
+def group_commits(
+    config: dict[str, Any], group_id: str, topic: str, failpoints: Failpoints
+) -> GroupCommits:
+    """The commits of this run in this process (a new run replaces an earlier one's)."""
+    with _CURRENT_LOCK:
+        commits = _CURRENT.get((group_id, topic))
+        if commits is None or commits.failpoints is not failpoints:
+            commits = _CURRENT[(group_id, topic)] = GroupCommits(
+                config, group_id, topic, failpoints
+            )
+        return commits

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from flows.core.items import BatchResult
 from flows.core.partition import PartitionState, process_batch
-from flows.edges.group import GROUP_ERRORS, GroupCommits, group_commits
+from flows.edges.group import GroupCommits, group_commits
 from flows.edges.metrics import METRICS
 from flows.edges.statedir import Start, StateDir
 from flows.failpoints import Failpoints
@@ -223,7 +223,12 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         self.start_us = self.start.start_us
         self._starts: dict[int, int] | None = self.start.offsets
         self.commits: GroupCommits | None = (
-            group_commits(settings.group_id, settings.topic, self.failpoints)
+            group_commits(
+                {**quiet(self.config), **self.config},
+                settings.group_id,
+                settings.topic,
+                self.failpoints,
+            )
             if settings.group_id
             else None
         )
@@ -277,7 +282,6 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 "fetch.queue.backoff.ms": "10",
                 **self.config,
                 "group.id": "party-rates",
-                **(self.commits.consumer_config() if self.commits else {}),
                 "enable.auto.commit": "false",
                 "enable.partition.eof": "true",
                 "auto.offset.reset": "earliest",
@@ -324,8 +328,6 @@ class BrokerErrors:
     def record(self, err: KafkaError) -> None:
         if err.fatal():
             raise SourceError(f"Kafka error: {err.str()}")
-        if err.code() in GROUP_ERRORS:
-            return  # the consumer group's: commits report it, the brokers are there
         if self.since is None:
             self.since = time.monotonic()
             print(f"party-rates: Kafka: {err.str()} (retrying)", file=sys.stderr)
@@ -379,7 +381,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
                 # That snapshot's position is durable now, and the rows it produced are
                 # written or held in the same epoch's snapshots: safe to show the group
                 # (flows/edges/group.py).
-                commits.commit(self.consumer, self.partition, self.snapshot_offset)
+                commits.commit({self.partition: self.snapshot_offset})
                 self.committed = self.snapshot_offset
         if self.done:
             raise StopIteration
