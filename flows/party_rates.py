@@ -20,7 +20,7 @@ from bytewax.inputs import FixedPartitionedSource
 
 from flows.core.items import BatchResult, FlushTick
 from flows.edges.manifest import ManifestSink
-from flows.edges.metrics import METRICS
+from flows.edges.metrics import METRICS, serve_with_bytewax
 from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, OUTCOMES, RATES, ParquetSink, route
 from flows.edges.source import TopicSource
 from flows.edges.storage import Storage
@@ -50,6 +50,10 @@ def build_flow(
     if settings is None:
         settings = Settings()
     failpoints = failpoints or Failpoints(settings.failpoint)
+    METRICS.use_topic(settings.topic)
+    if settings.metrics_port is not None:
+        # prometheus_client's default registry, which Bytewax's API server serves
+        serve_with_bytewax()
     source = source or TopicSource(settings, failpoints)
     partitions = [int(p) for p in source.list_parts()]
     storage = Storage.for_settings(settings, failpoints)

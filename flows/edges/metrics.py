@@ -23,11 +23,11 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import generate_latest, pushadd_to_gateway
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:  # imported where used: a run that exports nothing does not load it
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 JOB = "party-rates"
 
@@ -41,8 +41,9 @@ RESULTS = {  # manifest count -> the metric's result label
 }
 
 
-class RunMetrics(Collector):
-    """The numbers a run exports, as plain values; metric families are built on collect."""
+class RunMetrics:
+    """The numbers a run exports, as plain values; metric families are built on collect
+    (a ``prometheus_client`` collector)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -62,6 +63,10 @@ class RunMetrics(Collector):
             self.commits = {"ok": 0, "failed": 0}
             self.last_success: float | None = None
             self.last_failure: float | None = None
+
+    def use_topic(self, topic: str) -> None:
+        """The topic label, for a flow built without ``party-rates run`` (which resets)."""
+        self.topic = self.topic or topic
 
     # --- updates, once per batch -------------------------------------------------------
 
@@ -102,6 +107,7 @@ class RunMetrics(Collector):
         return []  # no name checks at registration: names are fixed here
 
     def collect(self) -> Iterator[Metric]:
+        """The metric families (never raises, see the module docstring)."""
         try:
             families = list(self._families())
         except Exception as err:  # a scrape must never fail (see the module docstring)
@@ -110,6 +116,8 @@ class RunMetrics(Collector):
         yield from families
 
     def _families(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         with self._lock:
             topic = self.topic
             counts = dict(self.counts) if self.counts is not None else None
@@ -205,6 +213,8 @@ class RunMetrics(Collector):
 
 
 def _gauge(name: str, doc: str, topic: str, value: float) -> GaugeMetricFamily:
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
     g = GaugeMetricFamily(name, doc, labels=["topic"])
     g.add_metric([topic], value)
     return g
@@ -218,20 +228,25 @@ _REGISTER_LOCK = threading.Lock()
 def serve_with_bytewax() -> None:
     """Put the run's metrics in ``prometheus_client``'s default registry, which Bytewax's
     Dataflow API server serves under ``/metrics`` (with its own metrics)."""
+    from prometheus_client import REGISTRY
+
     global _REGISTERED
     with _REGISTER_LOCK:
         if not _REGISTERED:
-            REGISTRY.register(METRICS)
+            collector: Any = METRICS
+            REGISTRY.register(collector)
             _REGISTERED = True
 
 
-class _Labelled(Collector):
+class _Labelled:
     """The run's metrics with extra labels on every sample (a process of a cluster)."""
 
     def __init__(self, labels: dict[str, str]) -> None:
         self.labels = labels
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+
         for family in METRICS.collect():
             out = Metric(family.name, family.documentation, family.type, family.unit)
             for s in family.samples:
@@ -240,8 +255,11 @@ class _Labelled(Collector):
 
 
 def _registry(labels: dict[str, str] | None = None) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Labelled(labels or {}))
+    collector: Any = _Labelled(labels or {})
+    registry.register(collector)
     return registry
 
 
@@ -249,6 +267,8 @@ def push(url: str, topic: str, process_id: int | None, timeout_s: float = 10.0) 
     """Push-add the run's metrics, grouped by job, topic and process id: a push replaces
     the metrics of the same names in its group only, so a failed run, which has no
     last-success time, leaves the last success of an earlier run in place."""
+    from prometheus_client.exposition import pushadd_to_gateway
+
     pushadd_to_gateway(
         url,
         job=JOB,
@@ -274,6 +294,8 @@ def write_textfile(path: str, process_id: int | None) -> Path:
     refuses a series that two files hold)."""
     dest = textfile_path(path, process_id)
     labels = {} if process_id is None else {"process": str(process_id)}
+    from prometheus_client.exposition import generate_latest
+
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.write_bytes(generate_latest(_registry(labels)))
     os.replace(tmp, dest)
