@@ -39,6 +39,8 @@ pushgateway: ## the Prometheus Pushgateway the metrics tests push to (Debian pac
 		{ $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
 		  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus-pushgateway >/dev/null; } || \
 		echo "could not install prometheus-pushgateway: the metrics tests will fail"; \
+	elif [ ! -x $(PUSHGATEWAY) ] && ! command -v prometheus-pushgateway >/dev/null; then \
+		echo "prometheus-pushgateway missing and no apt-get: the metrics tests will fail"; \
 	fi
 
 bench: $(STAMP) ## throughput and memory against the alternatives; writes bench/RESULTS.md
