@@ -253,6 +253,7 @@ def test_a_following_run_serves_its_metrics_through_bytewax(broker, tmp_path: Pa
     flat = read_topic(broker.bootstrap, topic, 3)
     ends = topic_ends(broker.bootstrap, topic, 3)
     want = reference.run(flat, WINDOW, LATENESS)
+    assert want.watermark is not None
     port = free_port()
     proc = _follow(broker, topic, tmp_path, port)
     try:
@@ -261,17 +262,21 @@ def test_a_following_run_serves_its_metrics_through_bytewax(broker, tmp_path: Pa
             got = scrape(f"http://127.0.0.1:{port}/metrics")
             if got is None:
                 continue
-            read = sum(pick(got, "party_rates_messages_total").values())
+            results = by_label(got, "party_rates_messages_total", "result", topic=topic)
             lags = by_label(got, "party_rates_lag_messages", "partition", topic=topic)
             written = pick(got, "party_rates_files_written_total", dataset="party_rates")
-            if read == len(messages) and len(lags) == 3 and written:
+            watermarks = pick(got, "party_rates_watermark_timestamp_seconds")
+            read_all = sum(results.values()) == len(messages) and len(lags) == 3
+            settled = results.get("counted") == want.counts["counted"]  # late moves settled
+            # the clock takes the last progress after the manifest counted it
+            clocked = list(watermarks.values()) == [want.watermark / 1e6]
+            if read_all and settled and clocked and written:
                 break
     finally:
         err = _stop(proc)
     assert "Traceback" not in err
     # Served by Bytewax's own server: its metrics are there too.
     assert any(name.startswith("bytewax_") for name, _labels in got)
-    results = by_label(got, "party_rates_messages_total", "result", topic=topic)
     assert set(results) == set(RESULTS.values())
     assert sum(results.values()) == len(messages)
     counts = want.counts
@@ -284,7 +289,6 @@ def test_a_following_run_serves_its_metrics_through_bytewax(broker, tmp_path: Pa
     assert nxt == {p: float(e) for p, e in ends.items()}
     assert end == nxt
     assert lags == {p: 0.0 for p in ends}
-    assert want.watermark is not None
     watermark = one(got, "party_rates_watermark_timestamp_seconds", topic=topic)
     assert watermark == want.watermark / 1e6
     age = one(got, "party_rates_watermark_age_seconds", topic=topic)
@@ -323,14 +327,16 @@ def test_each_process_of_a_cluster_serves_its_own_metrics(broker, tmp_path: Path
             positions = [by_label(g, "party_rates_next_offset", "partition") for g in got]
             read = sum(sum(pick(g, "party_rates_messages_total").values()) for g in got)
             merged = {**positions[0], **positions[1]}
-            if read == len(messages) and merged == {p: float(e) for p, e in ends.items()}:
+            # the watermark: once every partition has reported to the clock
+            with_watermark = [g for g in got if pick(g, "party_rates_watermark_timestamp_seconds")]
+            read_all = merged == {p: float(e) for p, e in ends.items()}
+            if read == len(messages) and read_all and with_watermark:
                 break
     finally:
         _stop(proc)
     assert positions[0] and positions[1], "each process reads some partitions"
     assert not set(positions[0]) & set(positions[1])
     with_counts = [g for g in got if pick(g, "party_rates_messages_total")]
-    with_watermark = [g for g in got if pick(g, "party_rates_watermark_timestamp_seconds")]
     assert len(with_counts) == 1
     assert len(with_watermark) == 1
 
