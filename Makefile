@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench profile clean
+PUSHGATEWAY := /usr/bin/prometheus-pushgateway
+
+.PHONY: setup run test lint format bench profile clean pushgateway
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +28,20 @@ format: $(STAMP)
 	$(BIN)/ruff format flows schemas tests bench
 	$(BIN)/ruff check --fix flows schemas tests bench
 
-test: lint ## lint, then every test tier (the broker tests start their own broker)
+test: lint pushgateway ## lint, then every test tier (the tests start their own servers)
 	$(BIN)/pytest
+
+pushgateway: ## the Prometheus Pushgateway the metrics tests push to (Debian package, via apt)
+	@if [ ! -x $(PUSHGATEWAY) ] && command -v apt-get >/dev/null; then \
+		echo "installing prometheus-pushgateway (apt-get)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus-pushgateway >/dev/null 2>&1 || \
+		{ $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+		  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus-pushgateway >/dev/null; } || \
+		echo "could not install prometheus-pushgateway: the metrics tests will fail"; \
+	elif [ ! -x $(PUSHGATEWAY) ] && ! command -v prometheus-pushgateway >/dev/null; then \
+		echo "prometheus-pushgateway missing and no apt-get: the metrics tests will fail"; \
+	fi
 
 bench: $(STAMP) ## throughput and memory against the alternatives; writes bench/RESULTS.md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

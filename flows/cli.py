@@ -49,7 +49,27 @@ FLAGS: dict[str, dict[str, Any]] = {
     "s3_region": {"help": "object store region"},
     "progress": {"choices": ["auto", "bar", "log", "off"], "help": "progress display"},
     "run_id": {"help": "id of this run (default: start time + random)"},
+    "group_id": {
+        "help": "consumer group the durable read positions are committed to, for monitoring "
+        "(default party-rates; empty: none)"
+    },
+    "start_at": {
+        "help": "where a new state starts: earliest (default), latest or an RFC 3339 time"
+    },
+    "metrics_port": {
+        "type": int,
+        "help": "serve Prometheus metrics on this port plus the process id (off by default)",
+    },
+    "pushgateway": {"help": "Prometheus Pushgateway URL: push the run's metrics when it ends"},
+    "metrics_file": {
+        "help": "write the run's metrics to this .prom file when it ends (textfile collector)"
+    },
 }
+API_ENV = (
+    "BYTEWAX_DATAFLOW_API_ENABLED",
+    "BYTEWAX_DATAFLOW_API_PORT",
+    "BYTEWAX_DATAFLOW_API_CACHE_PATH",
+)
 
 
 class Stopped(Exception):
@@ -112,26 +132,140 @@ def keep_pandas_out() -> None:
 
 
 def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
-    """Run the job once: checks, then the dataflow; returns the run's manifest."""
+    """Run the job once: checks, then the dataflow; returns the run's manifest. Whatever
+    the outcome, the run's metrics go where the settings say when it ends."""
+    from flows.edges.metrics import METRICS
+
+    METRICS.reset(settings.topic)
+    outcome: bool | None = False  # a scheduled run's success; None: following
+    try:
+        manifest = _run_job(settings, quiet)
+        if settings.follow:
+            # A following dataflow ends only when stopped (Stopped, above): one that returns
+            # was stopped by something else, e.g. a panic in one of Bytewax's threads.
+            raise Fail(EXIT_FAILED, "the dataflow stopped by itself while following")
+        if manifest is not None and manifest["status"] != "completed":
+            raise Fail(
+                EXIT_FAILED,
+                f"the run ended {manifest['status']} before reading every partition to its "
+                "end; the next run resumes from its last snapshot",
+            )
+        outcome = True
+        return manifest
+    except Stopped:
+        outcome = None if settings.follow else False
+        raise
+    finally:
+        METRICS.finish(outcome)
+        export_metrics(settings)
+
+
+def export_metrics(settings: Settings) -> None:
+    """Push the run's metrics and write its textfile, as the settings ask. A failure is
+    reported in one line and changes nothing else: the run's own outcome stands."""
+    from flows.edges.metrics import push, write_textfile
+
+    if settings.pushgateway:
+        try:
+            push(settings.pushgateway, settings.topic, settings.process_id)
+        except Exception as err:
+            print(
+                f"party-rates: pushing metrics to {settings.pushgateway} failed: {_last_line(err)}",
+                file=sys.stderr,
+            )
+    if settings.metrics_file:
+        try:
+            write_textfile(settings.metrics_file, settings.process_id)
+        except OSError as err:
+            print(f"party-rates: writing the metrics file failed: {err}", file=sys.stderr)
+
+
+def check_metrics_settings(settings: Settings) -> None:
+    """Refuse a metrics port already in use and a metrics file that cannot be written.
+
+    Bytewax's API server binds all interfaces; a port in use panics its thread, which in
+    a multi-worker or multi-process run stops the dataflow without a word (README,
+    "Operating it"), so the port is tried first.
+    """
+    import socket
+
+    port = settings.metrics_port_here
+    if port is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError as err:
+                which = f"{settings.metrics_port} + process id {settings.process_id}"
+                shown = f"{port} ({which})" if settings.process_id else str(port)
+                raise Fail(
+                    EXIT_SETTINGS, f"--metrics-port: port {shown} is not free: {err.strerror}"
+                ) from None
+    if settings.metrics_file:
+        directory = Path(settings.metrics_file).parent
+        if not directory.is_dir() or not os.access(directory, os.W_OK):
+            raise Fail(
+                EXIT_SETTINGS,
+                f"--metrics-file: {directory} is not a directory this process can write to",
+            )
+
+
+def bytewax_api_environment(settings: Settings, state_path: Path) -> None:
+    """Configure Bytewax's Dataflow API server, which serves ``/metrics``.
+
+    Bytewax reads these from the environment of the process that runs the dataflow, and
+    ``cli_main`` starts the server from them. Setting them is this command's job, for its
+    own process, from the settings (nothing else under ``flows/`` touches the
+    environment). Each process gets its own port (the setting plus its process id) and
+    its own cache directory under the state directory for ``dataflow.json``, which Bytewax
+    writes before the run (the working directory may be read-only). Without
+    ``--metrics-port`` the server is off, whatever the environment said: any value of
+    ``BYTEWAX_DATAFLOW_API_ENABLED`` turns it on.
+    """
+    from flows.edges.metrics import serve_with_bytewax
+
+    port = settings.metrics_port_here
+    if port is None:
+        for name in API_ENV:
+            os.environ.pop(name, None)
+        return
+    cache = state_path / "api" / f"process-{settings.process_id or 0}"
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
+    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
+    os.environ["BYTEWAX_DATAFLOW_API_CACHE_PATH"] = str(cache)
+    serve_with_bytewax()
+
+
+def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from flows.edges.source import SourceError, list_partitions
+    from flows.edges.source import SourceError, list_partitions, start_offsets
     from flows.edges.statedir import StateDir, StateError
     from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
+    from flows.failpoints import Failpoints
     from flows.party_rates import build_flow
 
     state = StateDir(settings.state)
     storage = Storage.for_settings(settings)
+    failpoints = Failpoints(settings.failpoint)
     try:
         with state.locked(settings.process_id):
             state.prepare(settings)
             if settings.process_id in (None, 0) and storage.exists(f"_runs/{settings.run_id}.json"):
                 raise Fail(EXIT_SETTINGS, f"a run with id {settings.run_id!r} already exists")
             check_kafka_settings(settings)
-            parts = list_partitions(
-                settings.kafka_base_config(), settings.topic, settings.connect_seconds
-            )
+            check_metrics_settings(settings)
+            config = settings.kafka_base_config()
+            parts = list_partitions(config, settings.topic, settings.connect_seconds)
+            state.start(
+                settings,
+                resolve=lambda start_at: start_offsets(
+                    config, settings.topic, parts, start_at, settings.lateness_us,
+                    settings.connect_seconds,
+                ),
+            )  # fmt: skip
             removed = storage.prepare()
             if removed and not quiet:
                 print(
@@ -151,15 +285,23 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
                     "process_id": settings.process_id,
                     "addresses": settings.addresses.split(";"),
                 }
-            flow = build_flow(settings)
+            flow = build_flow(settings, failpoints=failpoints)
+            bytewax_api_environment(settings, state.path)
             fewer_collections()
-            cli_main(
-                flow,
-                workers_per_process=settings.workers,
-                epoch_interval=timedelta(seconds=settings.snapshot_seconds),
-                recovery_config=RecoveryConfig(str(state.recovery)),
-                **cluster,
-            )
+            try:
+                cli_main(
+                    flow,
+                    workers_per_process=settings.workers,
+                    epoch_interval=timedelta(seconds=settings.snapshot_seconds),
+                    recovery_config=RecoveryConfig(str(state.recovery)),
+                    **cluster,
+                )
+            except BaseException as err:
+                if not _caused_by(err, SourceError):  # brokers gone: no commit either
+                    commit_final_positions(settings, state, storage, failpoints, settled=False)
+                raise
+            failpoints.run_durable()
+            commit_final_positions(settings, state, storage, failpoints, settled=True)
             failures = take_end_of_run_failures()
             if failures:
                 raise StorageError(f"{failures[0]}; the next run writes what is missing")
@@ -191,6 +333,58 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     return json.loads(data) if data else None
 
 
+def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return False
+
+
+def commit_final_positions(
+    settings: Settings, state: Any, storage: Any, failpoints: Any, settled: bool
+) -> None:
+    """After the dataflow: commit to the consumer group what the next run resumes from.
+
+    Process 0 does it for every partition, from the recovery store, which every process of
+    a cluster shares: it holds each partition's durable position whichever process read
+    it, one read of it gives one consistent resume point, and nothing is committed that
+    the store does not hold. Another process of a cluster may still be recording its last
+    epoch when process 0 returns; after a completed run process 0 waits (a few seconds at
+    most) until every worker's progress is recorded, else it commits the earlier,
+    durable, positions. Never stops the run: a failure is reported once and in the
+    manifest.
+    """
+    from flows.edges.group import group_commits
+    from flows.edges.manifest import note_group_error
+    from flows.edges.source import quiet
+
+    if not settings.group_id or (settings.process_id or 0) != 0:
+        return
+    config = settings.kafka_base_config()
+    commits = group_commits(
+        {**quiet(config), **config}, settings.group_id, settings.topic, failpoints
+    )
+    try:
+        deadline = time.monotonic() + (10.0 if settled else 0.0)
+        offsets, done = state.durable_offsets()
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the recovery store the other processes write
+            offsets, done = state.durable_offsets()
+        if offsets:
+            commits.commit(offsets)
+        ok = commits.flush(min(10.0, settings.connect_seconds))
+    except Exception as err:
+        commits.failed(_last_line(err))
+        ok = False
+    if not ok and commits.error:
+        try:
+            note_group_error(storage, settings.run_id, commits.error)
+        except Exception as err:
+            print(f"party-rates: could not update the manifest: {err}", file=sys.stderr)
+
+
 def check_kafka_settings(settings: Settings) -> None:
     """Refuse librdkafka settings the client itself rejects, before anything starts."""
     from confluent_kafka import Consumer, KafkaException
@@ -217,6 +411,8 @@ def summary(manifest: dict[str, Any]) -> str:
         f"{c['counted']:,} counted, {c['skipped']:,} skipped, {c['duplicates']:,} duplicates, "
         f"{c['late']:,} late, {c['dead_letters']:,} dead letters"
     )
+    if c.get("before_start"):
+        line += f", {c['before_start']:,} before the start"
     for gap in manifest.get("gaps", []):
         line += f"\nparty-rates: partition {gap['partition']}: {gap['detail']}"
     return line

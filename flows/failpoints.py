@@ -10,7 +10,9 @@ exactly the moment their name says; nothing else does.
 Bytewax 0.21.1 has no Python call for a durable snapshot, but it marks one: a partition
 snapshots at the end of an epoch and is asked for the next epoch's first batch only once
 the whole dataflow has finished that epoch and the recovery store has recorded it (its
-frontier). Partition readers report that first batch here (:meth:`snapshot_durable`).
+frontier). Partition readers report that first batch here (:meth:`snapshot_durable`);
+the command reports the end of the dataflow (:meth:`run_durable`), after which it commits
+the final positions to the consumer group.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ POINTS = {
     "before-rename": "a Parquet file was written to its temporary name, not yet renamed",
     "after-rename": "a Parquet file was renamed into place, before the next snapshot",
     "after-snapshot": "a partition reader saw its snapshot become durable",
+    "before-group-commit": "durable read positions about to be committed to the consumer group",
+    "after-group-commit": "the consumer group accepted a commit of durable read positions",
     "raise-in-batch": "an unexpected error while a batch is processed (not a kill)",
 }
 
@@ -64,6 +68,12 @@ class Failpoints:
         with self._lock:
             self.durable += 1
         self.reached("after-snapshot")
+
+    def run_durable(self) -> None:
+        """The dataflow has returned: its last snapshot is durable (the final commit to
+        the consumer group follows)."""
+        with self._lock:
+            self.durable += 1
 
     def reached(self, name: str) -> None:
         """Called at the point ``name``: stop here if it is the armed one and its turn."""

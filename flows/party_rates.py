@@ -20,6 +20,7 @@ from bytewax.inputs import FixedPartitionedSource
 
 from flows.core.items import BatchResult, FlushTick, Report, RollupPart
 from flows.edges.manifest import ManifestSink
+from flows.edges.metrics import METRICS, serve_with_bytewax
 from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, ParquetSink, route, window_datasets
 from flows.edges.source import TopicSource
 from flows.edges.storage import Storage
@@ -45,13 +46,19 @@ def _flush_ticks(sink: ParquetSink) -> Callable[[BatchResult], list[tuple[str, F
 
 
 def build_flow(
-    settings: Settings | None = None, source: FixedPartitionedSource | None = None
+    settings: Settings | None = None,
+    source: FixedPartitionedSource | None = None,
+    failpoints: Failpoints | None = None,
 ) -> Dataflow:
     """Wire the dataflow. Without ``settings`` they come from ``PARTY_RATES_*``; ``source``
     replaces the Kafka input (tests)."""
     if settings is None:
         settings = Settings()
-    failpoints = Failpoints(settings.failpoint)
+    failpoints = failpoints or Failpoints(settings.failpoint)
+    METRICS.use_topic(settings.topic)
+    if settings.metrics_port is not None:
+        # prometheus_client's default registry, which Bytewax's API server serves
+        serve_with_bytewax()
     source = source or TopicSource(settings, failpoints)
     partitions = [int(p) for p in source.list_parts()]
     storage = Storage.for_settings(settings, failpoints)
@@ -73,8 +80,13 @@ def build_flow(
 
     span = max((w, *rollups))
     clock = op.stateful_batch(
-        "clock", progress, partial(ClockLogic, w, late, horizon, shards, span, partitions)
-    )
+        "clock",
+        progress,
+        partial(
+            ClockLogic, w, late, horizon, shards, span, partitions,
+            on_watermark=METRICS.watermark,
+        ),
+    )  # fmt: skip
     # ("clock", ("to_shard", (shard key, Tick | ShardPart)) | ("late", row) | ("late_count", n))
 
     shard_out = op.stateful_batch(

@@ -9,11 +9,19 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flows.core.eventtime import duration_label, parse_duration_us
+from flows.core.eventtime import (
+    EventTimeError,
+    check_range,
+    duration_label,
+    format_us,
+    parse_duration_us,
+    parse_rfc3339_exact,
+)
 
 SECRET_WORDS = ("password", "secret", "pem", "token", "credential", "jaas")
 
@@ -26,6 +34,29 @@ def new_run_id() -> str:
 def redact(config: dict[str, str]) -> dict[str, str]:
     """librdkafka settings with secret values replaced, safe to print or store."""
     return {k: "***" if any(w in k.lower() for w in SECRET_WORDS) else v for k, v in config.items()}
+
+
+START_WORDS = ("earliest", "latest")
+
+
+def normalise_start(text: str) -> str:
+    """``earliest``, ``latest`` or an RFC 3339 time, the time in UTC (``…Z``); ValueError
+    otherwise. The normal form is what the state records and compares."""
+    text = text.strip()
+    if text.lower() in START_WORDS:
+        return text.lower()
+    try:
+        us = check_range(parse_rfc3339_exact(text))
+    except EventTimeError:
+        raise ValueError(
+            f"expects earliest, latest or an RFC 3339 time like 2026-11-01T00:00:00Z, got {text!r}"
+        ) from None
+    return format_us(us).replace("+00:00", "Z")
+
+
+def start_time_us(start_at: str) -> int | None:
+    """The time of a normalised ``--start-at``, or None for earliest and latest."""
+    return None if start_at in START_WORDS else parse_rfc3339_exact(start_at)
 
 
 class Settings(BaseSettings):
@@ -78,6 +109,28 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(None, description="Object store region")
     progress: Literal["auto", "bar", "log", "off"] = Field("auto", description="Progress display")
     run_id: str = Field(default_factory=new_run_id, description="Id of this run's manifest")
+    group_id: str = Field(
+        "party-rates",
+        description="Consumer group the durable read positions are committed to, for "
+        "monitoring (empty: none)",
+    )
+    start_at: str | None = Field(
+        None,
+        description="Where a new state starts: earliest, latest or an RFC 3339 time "
+        "(recorded in the state; default earliest)",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve Prometheus metrics on this port (plus the process id in a cluster)",
+    )
+    pushgateway: str | None = Field(
+        None, description="Prometheus Pushgateway URL the run's metrics are pushed to at its end"
+    )
+    metrics_file: str | None = Field(
+        None, description="Write the run's metrics here at its end (node_exporter textfile)"
+    )
     failpoint: str | None = Field(
         None, description="Tests only (PARTY_RATES_FAILPOINT): stop the process at this point"
     )
@@ -111,6 +164,46 @@ class Settings(BaseSettings):
 
             parse(v)
         return v or None
+
+    @field_validator("group_id")
+    @classmethod
+    def _group_id(cls, v: str) -> str:
+        v = v.strip()
+        if any(ord(c) < 32 for c in v):
+            raise ValueError("must not contain control characters")
+        return v
+
+    @field_validator("start_at")
+    @classmethod
+    def _start_at(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        return normalise_start(v)
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _pushgateway(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        split = urlsplit(v.strip())
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"expects http(s)://HOST:PORT, got {v!r}")
+        try:
+            split.port  # noqa: B018  (raises on a port that is not a number)
+        except ValueError:
+            raise ValueError(f"expects http(s)://HOST:PORT, got {v!r}") from None
+        if split.username or split.password or split.query or split.fragment:
+            raise ValueError("give the Pushgateway as http(s)://HOST:PORT[/PATH] only")
+        return v.strip().rstrip("/")
+
+    @field_validator("metrics_file")
+    @classmethod
+    def _metrics_file(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.endswith(".prom"):
+            raise ValueError("must end in .prom (node_exporter's textfile collector reads those)")
+        return v
 
     @field_validator("brokers", "topic", "output", "state")
     @classmethod
@@ -158,6 +251,9 @@ class Settings(BaseSettings):
             raise ValueError("flush_interval must not be shorter than snapshot_interval")
         if self.processes > 1 and self.process_id is not None:
             raise ValueError("processes starts a local cluster; do not combine with process_id")
+        last = (self.process_id or 0) + self.processes - 1
+        if self.metrics_port is not None and self.metrics_port + last > 65535:
+            raise ValueError("metrics_port plus the process id must stay below 65536")
         return self
 
     @property
@@ -202,6 +298,13 @@ class Settings(BaseSettings):
     @property
     def broker_seconds(self) -> float:
         return parse_duration_us(self.broker_timeout) / 1e6
+
+    @property
+    def metrics_port_here(self) -> int | None:
+        """The port this process serves metrics on: the setting plus its process id."""
+        if self.metrics_port is None:
+            return None
+        return self.metrics_port + (self.process_id or 0)
 
     def broker_list(self) -> list[str]:
         return [b.strip() for b in self.brokers.split(",") if b.strip()]

@@ -6,6 +6,7 @@ snapshots every key a batch touched, and the bytes cannot change after they were
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
@@ -27,7 +28,10 @@ class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
         span_us: int,
         partitions: list[int],
         snap: bytes | None,
+        *,
+        on_watermark: Callable[[int | None], None] | None = None,
     ) -> None:
+        self.on_watermark = on_watermark  # told the watermark after each batch (metrics)
         args = (window_us, lateness_us, partitions)
         self.clock = (
             Clock(*args, horizon_us, shards, span_us=span_us)
@@ -39,10 +43,16 @@ class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
         out = []
         for progress in values:
             out += self.clock.on_progress(progress)
-        return out + self.clock.round(), self.RETAIN
+        out += self.clock.round()
+        if self.on_watermark is not None:
+            self.on_watermark(self.clock.watermark())
+        return out, self.RETAIN
 
     def on_eof(self) -> tuple[list[ClockOutput], bool]:
-        return self.clock.round(force=True), self.RETAIN
+        out = self.clock.round(force=True)
+        if self.on_watermark is not None:
+            self.on_watermark(self.clock.watermark())
+        return out, self.RETAIN
 
     def snapshot(self) -> bytes:
         return self.clock.snapshot()

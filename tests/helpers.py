@@ -171,11 +171,12 @@ def assert_matches_reference(
     window_us: int = 5 * 60_000_000,
     lateness_us: int = 10 * 60_000_000,
     horizon_us: int = 3_600_000_000,
+    start_us: int = 0,
 ) -> reference.Result:
     """The output of runs over the whole topic equals the independent reference: every
     rates row, the final outcome rows, the late events and dead letters by position, and
-    the manifests' summed counts."""
-    result = reference.run(messages, window_us, lateness_us)
+    the manifests' summed counts (with ``start_us``, for a state made with --start-at)."""
+    result = reference.run(messages, window_us, lateness_us, start_us)
     assert_same_rows(job_rows(output), reference.rates(result, window_us))
     assert_same_rows(job_outcomes(output), reference.outcomes(result, window_us, horizon_us))
     for label, length in zip(ROLLUPS, (3600_000_000, 86400_000_000), strict=True):
@@ -226,6 +227,22 @@ def run_job(bootstrap: str, topic: str, output: Path, state: Path, *extra: str) 
     )
     assert result.returncode == 0, result.stderr
     return result
+
+
+def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The offsets committed to a consumer group for a topic, as monitoring tools read
+    them (the admin client's list_consumer_group_offsets); partitions without one left out."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    request = ConsumerGroupTopicPartitions(group)
+    answer = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+    return {
+        tp.partition: tp.offset
+        for tp in answer.topic_partitions
+        if tp.topic == topic and tp.offset >= 0
+    }
 
 
 def snapshotted_epoch(state: Path) -> int:

@@ -17,9 +17,10 @@ The rules, as the README states them ("How it decides", "The output contract"):
   are not empty; the namespace, percent-encoded, fits a 200-byte ``namespace=…`` directory
   name; the event time is ``timestampUnixNano`` (ns) when present, else ``timestamp``
   (RFC 3339, fractional digits truncated to µs), within [2000-01-01, 2100-01-01).
-* Per partition, in offset order: an id already counted is a duplicate; an event more than
-  the allowed lateness behind the partition's newest counted event time is late; the rest
-  are counted.
+* Per partition, in offset order: an event before the state's start (``--start-at``, the
+  first window boundary at or after its time) is ``before_start``; an id already counted is
+  a duplicate; an event more than the allowed lateness behind the partition's newest
+  counted event time is late; the rest are counted.
 * The watermark is the minimum over partitions of their newest event time, less the
   allowed lateness; a window is final when it ends at or before the watermark's window
   boundary.
@@ -74,6 +75,8 @@ class Result:
     dead: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset)
     counts: dict[str, int] = field(default_factory=dict)
     closed_until: int | None = None  # windows ending at or before it are final
+    watermark: int | None = None  # µs: the newest event time of the slowest partition less
+    # the allowed lateness
 
 
 def _int(v: Any) -> bool:
@@ -165,11 +168,17 @@ def classify(value: bytes | None) -> tuple[str, Any]:
     return "event", (event_id, name, ns, t_us, doc.get("userId"), doc.get("sessionId"))
 
 
-def run(messages: list[tuple[int, int, bytes | None]], window_us: int, lateness_us: int) -> Result:
-    """The whole topic, partition by partition in offset order, as one run reads it."""
+def run(
+    messages: list[tuple[int, int, bytes | None]],
+    window_us: int,
+    lateness_us: int,
+    start_us: int = 0,
+) -> Result:
+    """The whole topic, partition by partition in offset order, as one run reads it;
+    counting from ``start_us`` on (a window boundary), like a state made with ``--start-at``."""
     out = Result()
     counts = dict.fromkeys(("messages", "counted", "skipped", "duplicates", "late"), 0)
-    counts["dead_letters"] = 0
+    counts["dead_letters"] = counts["before_start"] = 0
     by_partition: dict[int, list[tuple[int, bytes | None]]] = defaultdict(list)
     for partition, offset, value in messages:
         by_partition[partition].append((offset, value))
@@ -187,7 +196,9 @@ def run(messages: list[tuple[int, int, bytes | None]], window_us: int, lateness_
                 out.dead.append((partition, offset))
                 continue
             ev = Ev(partition, offset, *what)
-            if ev.id in seen:
+            if ev.t_us < start_us:
+                counts["before_start"] += 1
+            elif ev.id in seen:
                 counts["duplicates"] += 1
             elif partition in newest and ev.t_us < newest[partition] - lateness_us:
                 counts["late"] += 1
@@ -200,6 +211,7 @@ def run(messages: list[tuple[int, int, bytes | None]], window_us: int, lateness_
     out.counts = counts
     if newest:
         watermark = min(newest.values()) - lateness_us
+        out.watermark = watermark
         out.closed_until = watermark - watermark % window_us
     return out
 

@@ -735,9 +735,11 @@ def test_data_dictionary_covers_every_column_and_manifest_field() -> None:
         assert f"| `{name}` |" in text
     for name in ("from", "to", "end"):
         assert f"| `partitions.*.{name}` |" in text
-    for name in ("messages", "counted", "skipped", "duplicates", "late", "dead_letters"):
+    counts = ("messages", "counted", "skipped", "duplicates", "late", "dead_letters")
+    for name in (*counts, "before_start"):
         assert f"| `counts.{name}` |" in text
-    assert len(MANIFEST_FIELDS) == 17
+    assert "| `group_commit_error` |" in text
+    assert len(MANIFEST_FIELDS) == 19
     assert "same" in text and "inactive timeout" in text and "invitation" in text
 
 

@@ -29,6 +29,10 @@ def _one_clear_line(stderr: str) -> str:
         ("--rollups", "7m", "not a multiple of the window"),
         ("--rollups", "5m", "not a multiple of the window"),
         ("--kafka-config", "no-equals-sign", "KEY=VALUE"),
+        ("--start-at", "yesterday", "start-at"),
+        ("--pushgateway", "localhost:9091", "pushgateway"),
+        ("--metrics-file", "metrics.txt", "metrics-file"),
+        ("--metrics-port", "70000", "metrics-port"),
     ],
 )
 def test_bad_setting_stops_with_one_line(tmp_path: Path, flag: str, value: str, word: str) -> None:

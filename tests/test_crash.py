@@ -2,15 +2,21 @@
 
 A failpoint (``PARTY_RATES_FAILPOINT``) makes the process kill itself with SIGKILL at a
 named point after its first durable snapshot: between writing a Parquet file's temporary
-name and renaming it, just after the rename, or just after a snapshot was committed. The
-data spans several days, so settled days are written in the middle of the run. The next
-run must resume (not restart) and end with exactly the rows, late events, dead letters,
-outcomes and counts of an uninterrupted run.
+name and renaming it, just after the rename, just after a snapshot was committed, or just
+before or after read positions were committed to the consumer group. The data spans
+several days, so settled days are written in the middle of the run. The next run must
+resume (not restart) and end with exactly the rows, late events, dead letters, outcomes
+and counts of an uninterrupted run.
+
+The consumer group's offsets (read as monitoring tools read them) are never ahead of where
+the next run resumes, whenever the kill came, and equal the last run's ends once it has
+completed.
 """
 
 from __future__ import annotations
 
 import signal
+import uuid
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -20,6 +26,7 @@ from flows.analysis import load_manifests, load_party_rates
 from flows.tooling.simulator import SimConfig, generate, produce
 from tests.helpers import (
     assert_same_output,
+    group_offsets,
     run_cli,
     run_job,
     snapshotted_epoch,
@@ -46,6 +53,26 @@ def _temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+def new_group() -> str:
+    """A consumer group of one test's runs only (the tests share their topic)."""
+    return f"crash-{uuid.uuid4().hex[:8]}"
+
+
+def assert_group_never_ahead(committed: dict[int, int], out: Path) -> None:
+    """Offsets committed before a kill are at or behind where the next run resumed, and
+    after that run completed they are exactly its ends."""
+    *_, resumed = load_manifests(out)
+    assert resumed["status"] == "completed"
+    for p, offset in committed.items():
+        assert offset <= resumed["partitions"][str(p)]["from"], (p, offset, resumed)
+
+
+def assert_group_at_the_end(bootstrap: str, group: str, topic: str, out: Path) -> None:
+    *_, last = load_manifests(out)
+    want = {int(p): span["to"] for p, span in last["partitions"].items()}
+    assert group_offsets(bootstrap, group, topic) == want
+
+
 def assert_resumed(out: Path, total: int, cut: tuple[str, ...] = ("interrupted",)) -> None:
     """The cut run's part (``interrupted``: written by the next run from the snapshot it
     resumed from) ends where the next run began, partition by partition: it resumed from
@@ -63,18 +90,32 @@ def assert_resumed(out: Path, total: int, cut: tuple[str, ...] = ("interrupted",
 
 
 # after-snapshot@12: the twelfth partition snapshot seen durable (about the third epoch),
-# so that the killed run has read something
-@pytest.mark.parametrize("failpoint", ["before-rename", "after-rename", "after-snapshot@12"])
+# so that the killed run has read something; before-group-commit@12 likewise (a partition
+# commits at most once an epoch); after-group-commit@3: the third answer of the group
+# coordinator (the partitions' positions of an epoch often share one request)
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        "before-rename",
+        "after-rename",
+        "after-snapshot@12",
+        "before-group-commit@12",
+        "after-group-commit@3",
+    ],
+)
 def test_killed_at_a_failpoint_then_resumed(
     broker, days_topic, tmp_path: Path, failpoint: str
 ) -> None:
     topic, clean, total = days_topic
-    out, state = tmp_path / "out", tmp_path / "state"
+    out, state, group = tmp_path / "out", tmp_path / "state", new_group()
     args = ["--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
-    args += ["--state", str(state), "--progress", "off", *SLOW]
+    args += ["--state", str(state), "--progress", "off", "--group-id", group, *SLOW]
     killed = run_cli("run", *args, env={"PARTY_RATES_FAILPOINT": failpoint})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert snapshotted_epoch(state) >= 1
+    committed = group_offsets(broker.bootstrap, group, topic)
+    if failpoint.startswith("after-group-commit"):
+        assert committed, "the kill came after a commit the broker accepted"
     assert not (out / "_runs").exists()  # the manifest is written only at the end
     left = _temp_files(out)
     if failpoint == "before-rename":
@@ -88,37 +129,76 @@ def test_killed_at_a_failpoint_then_resumed(
     if failpoint == "after-rename":
         assert list(out.rglob("part-0.parquet"))
 
-    again = run_job(broker.bootstrap, topic, out, state)
+    again = run_job(broker.bootstrap, topic, out, state, "--group-id", group)
     if failpoint == "before-rename":
         assert "removed 1 temporary files of an earlier run" in again.stderr
     assert _temp_files(out) == []
     assert_same_output(out, clean)
     assert_resumed(out, total)
+    assert_group_never_ahead(committed, out)
+    assert_group_at_the_end(broker.bootstrap, group, topic, out)
+
+
+@pytest.mark.parametrize("failpoint", ["before-group-commit", "after-group-commit"])
+def test_killed_around_the_final_group_commit_then_resumed(
+    broker, days_topic, tmp_path: Path, failpoint: str
+) -> None:
+    """A run whose only durable snapshot is its last (one epoch: the snapshot interval is
+    longer than the run) commits once, after the dataflow returned: killed just before
+    that commit the group has nothing; just after, it has the run's ends. The next run
+    resumes at those ends and reads nothing again."""
+    topic, clean, _total = days_topic
+    out, state, group = tmp_path / "out", tmp_path / "state", new_group()
+    args = ["--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
+    args += ["--state", str(state), "--progress", "off", "--group-id", group]
+    args += ["--snapshot-interval", "1h"]
+    killed = run_cli("run", *args, env={"PARTY_RATES_FAILPOINT": failpoint})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (first,) = load_manifests(out)  # written when the dataflow ended, before the commit
+    assert first["status"] == "completed"
+    committed = group_offsets(broker.bootstrap, group, topic)
+    ends = {int(p): span["to"] for p, span in first["partitions"].items()}
+    assert committed == ({} if failpoint == "before-group-commit" else ends)
+
+    run_job(broker.bootstrap, topic, out, state, "--group-id", group)
+    assert_same_output(out, clean)
+    first, resumed = load_manifests(out)
+    assert resumed["counts"]["messages"] == 0
+    assert {int(p): s["from"] for p, s in resumed["partitions"].items()} == ends
+    assert_group_never_ahead(committed, out)
+    assert_group_at_the_end(broker.bootstrap, group, topic, out)
 
 
 def test_kill_9_from_outside_mid_run_then_resume(broker, days_topic, tmp_path: Path) -> None:
     """A kill at no particular point (the operating system's, not a failpoint)."""
     topic, clean, total = days_topic
-    out, state = tmp_path / "out", tmp_path / "state"
-    proc = start_slow_run(broker.bootstrap, topic, out, state)
+    out, state, group = tmp_path / "out", tmp_path / "state", new_group()
+    proc = start_slow_run(broker.bootstrap, topic, out, state, "--group-id", group)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    run_job(broker.bootstrap, topic, out, state)
+    committed = group_offsets(broker.bootstrap, group, topic)
+    run_job(broker.bootstrap, topic, out, state, "--group-id", group)
     assert _temp_files(out) == []
     assert_same_output(out, clean)
     assert_resumed(out, total)
+    assert_group_never_ahead(committed, out)
+    assert_group_at_the_end(broker.bootstrap, group, topic, out)
 
 
 def test_kill_9_while_following_then_resume(broker, days_topic, tmp_path: Path) -> None:
     """Following writes every flush interval: killed just after such a write."""
     topic, clean, total = days_topic
-    out, state = tmp_path / "out", tmp_path / "state"
+    out, state, group = tmp_path / "out", tmp_path / "state", new_group()
     args = ["--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
     args += ["--state", str(state), "--progress", "off", "--follow", *SLOW]
-    args += ["--flush-interval", "200ms"]
+    args += ["--flush-interval", "200ms", "--group-id", group]
     killed = run_cli("run", *args, env={"PARTY_RATES_FAILPOINT": "after-rename@3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    run_job(broker.bootstrap, topic, out, state)
+    committed = group_offsets(broker.bootstrap, group, topic)
+    assert committed, "a following run commits as its snapshots become durable"
+    run_job(broker.bootstrap, topic, out, state, "--group-id", group)
     assert_same_output(out, clean)
     assert_resumed(out, total)
+    assert_group_never_ahead(committed, out)
+    assert_group_at_the_end(broker.bootstrap, group, topic, out)

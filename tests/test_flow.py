@@ -60,6 +60,9 @@ class FakeConsumer:
         self.pos += len(out)
         return out
 
+    def get_watermark_offsets(self, tp: Any, cached: bool = False) -> tuple[int, int]:
+        return 0, len(self.messages)
+
     def close(self) -> None:
         pass
 
@@ -95,7 +98,8 @@ def _partitioned(
 
 
 def _settings(tmp: Path) -> Settings:
-    return Settings(output=str(tmp / "out"), state=str(tmp / "state"), progress="off")
+    # no consumer group: there is no broker to commit to
+    return Settings(output=str(tmp / "out"), state=str(tmp / "state"), progress="off", group_id="")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -140,7 +144,7 @@ class GappyConsumer(FakeConsumer):
 
 
 def test_run_ends_when_the_last_offset_before_the_end_is_a_marker() -> None:
-    settings = Settings(output="unused", state="unused")
+    settings = Settings(output="unused", state="unused", group_id="")
     messages, _ = generate(SimConfig(messages=40, namespaces=2, hours=1, seed=2))
     msgs = [FakeMessage(i, m.key, m.value) for i, m in enumerate(messages[:10])]
     msgs += [FakeMessage(11 + i, m.key, m.value) for i, m in enumerate(messages[10:])]

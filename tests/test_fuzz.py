@@ -100,6 +100,7 @@ def test_every_message_ends_counted_skipped_or_dead_lettered(
         c = result.stats.counts
         assert c.messages == len(values)
         assert c.counted + c.skipped + c.duplicates + c.late + c.dead_letters == c.messages
+        assert c.before_start == 0  # no start given
         assert len(result.dead) == c.dead_letters
         assert len(result.late) == c.late
         folded = sum(sum(w[:4]) for _key, part in result.parts for w in part.windows.values())

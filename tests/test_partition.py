@@ -71,7 +71,12 @@ def batch(values: list[bytes | None], first_offset: int = 0) -> list[Msg]:
 
 
 def run(
-    state: PartitionState, msgs: list[Msg], *, report: bool = False, pending: bool = True
+    state: PartitionState,
+    msgs: list[Msg],
+    *,
+    report: bool = False,
+    pending: bool = True,
+    start_us: int = 0,
 ) -> BatchResult:
     return process_batch(
         state,
@@ -86,6 +91,7 @@ def run(
         seen_at=SEEN_AT,
         report=report,
         pending=pending,
+        start_us=start_us,
     )
 
 
@@ -123,7 +129,8 @@ def counted_ids(result: BatchResult, candidates: str = "abcdefghijklmnopqrstuvwx
 
 
 def identity_holds(c: Counts) -> bool:
-    return c.counted + c.skipped + c.duplicates + c.late + c.dead_letters == c.messages
+    parts = c.counted + c.skipped + c.duplicates + c.late + c.dead_letters + c.before_start
+    return parts == c.messages
 
 
 # --- counting --------------------------------------------------------------------------------
@@ -149,6 +156,33 @@ def test_every_message_is_counted_once() -> None:
     assert len(result.late) == counts.late
     assert len(result.dead) == counts.dead_letters
     assert len(result.progress.fresh) == counts.counted  # type: ignore[union-attr]
+
+
+def test_events_before_the_start_are_read_and_not_counted() -> None:
+    """With a start (--start-at), an event before it is ``before_start``, whatever else it
+    would be, and leaves no trace: not folded, not remembered as an id, not the partition's
+    event time (so it can make no later event late or a duplicate)."""
+    state = new_state(max_t_us=T0)
+    msgs = batch(
+        [
+            event_bytes("old", T0 + 5 * MIN - 1),  # before the start
+            event_bytes("a", T0 + 5 * MIN),  # at the start: counted
+            event_bytes("old", T0 + 5 * MIN - 1),  # a copy of the first: before the start too
+            event_bytes("far", T0 - 60 * MIN),  # would be late: before the start
+            b"not json",  # a dead letter has no time: still a dead letter
+            other_bytes("x"),  # skipped
+        ]
+    )
+    result = run(state, msgs, start_us=T0 + 5 * MIN)
+    counts = result.stats.counts
+    assert counts == Counts(messages=6, counted=1, skipped=1, dead_letters=1, before_start=3)
+    assert identity_holds(counts)
+    assert counted_ids(result) == ["a"]
+    assert result.late == []
+    assert "old" not in state.dedup.ids
+    assert state.max_t_us == T0 + 5 * MIN
+    # without a start the same batch counts the first event
+    assert run(new_state(max_t_us=T0), msgs).stats.counts.before_start == 0
 
 
 def test_dead_letter_rows() -> None:

@@ -118,7 +118,7 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
         "counts",
         "object",
         "What happened to the messages read: "
-        "`messages = counted + skipped + duplicates + late + dead_letters`.",
+        "`messages = counted + skipped + duplicates + late + dead_letters + before_start`.",
     ),
     ("counts.messages", "integer", "Messages read."),
     ("counts.counted", "integer", "Events of the four Party names counted in a window."),
@@ -131,10 +131,22 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
     ("counts.late", "integer", "Events too late to count; they are in `late_events/`."),
     ("counts.dead_letters", "integer", "Unusable messages; they are in `dead_letters/`."),
     (
+        "counts.before_start",
+        "integer",
+        "Events older than the state's start (`--start-at`): read, not counted. "
+        "Absent from manifests written before it existed.",
+    ),
+    (
         "gaps",
         "array of {partition, detail}",
         "Offsets that could not be read: lost to retention, or a saved offset past the end "
         "(topic recreated). Empty when every offset was read.",
+    ),
+    (
+        "group_commit_error",
+        "string or null",
+        "Why committing read positions to the consumer group failed, if it did (the run "
+        "went on); null otherwise. Absent from manifests written before it existed.",
     ),
 ]
 """Fields of ``_runs/<run_id>.json``."""

@@ -608,7 +608,15 @@ def dead_letter_reasons(dead: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)[columns]
 
 
-MANIFEST_COUNTS = ("messages", "counted", "skipped", "duplicates", "late", "dead_letters")
+MANIFEST_COUNTS = (
+    "messages",
+    "counted",
+    "skipped",
+    "duplicates",
+    "late",
+    "dead_letters",
+    "before_start",
+)
 
 
 def runs_frame(manifests: Iterable[dict[str, Any]]) -> pd.DataFrame:

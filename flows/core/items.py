@@ -130,8 +130,8 @@ class RollupPart(NamedTuple):
 
 
 class Counts(NamedTuple):
-    """What happened to messages. counted + skipped + duplicates + late + dead_letters
-    always equals messages."""
+    """What happened to messages. counted + skipped + duplicates + late + dead_letters +
+    before_start always equals messages."""
 
     messages: int = 0
     counted: int = 0
@@ -139,6 +139,7 @@ class Counts(NamedTuple):
     duplicates: int = 0
     late: int = 0
     dead_letters: int = 0
+    before_start: int = 0  # events older than the state's start (--start-at)
 
     def plus(self, other: Counts) -> Counts:
         return Counts(*(a + b for a, b in zip(self, other, strict=True)))
@@ -153,6 +154,7 @@ class BatchStats(NamedTuple):
     end_offset: int | None  # where a scheduled run stops; None when following
     counts: Counts
     gap: str | None = None  # offsets lost to retention or a recreated topic
+    group_error: str | None = None  # why committing to the consumer group failed, once
 
 
 class BatchResult(NamedTuple):

@@ -90,14 +90,16 @@ def process_batch(
     seen_at: datetime,
     report: bool = False,
     pending: bool = True,
+    start_us: int = 0,
 ) -> BatchResult:
     """Classify a batch of one partition's messages, in offset order, updating ``state``,
     and fold its counted events into partial aggregates per (namespace, shard).
 
     Progress is reported when the batch had events, or when ``report`` asks for it (first
     batch of a run, end of the partition); ``pending`` tells whether more data waits.
+    Events before ``start_us`` (the state's start) are counted as ``before_start`` only.
     """
-    skipped = duplicates = 0
+    skipped = duplicates = before_start = 0
     counted: list[Event] = []
     fresh: list[EventRef] = []
     late: list[Row] = []
@@ -131,6 +133,9 @@ def process_batch(
             continue
         assert isinstance(result, Event)
         t_us = result.t_us
+        if t_us < start_us:
+            before_start += 1  # before the state's start: read, not counted
+            continue
         if result.id in seen_ids:
             duplicates += 1  # also when it comes late: the first copy was counted
             continue
@@ -169,7 +174,9 @@ def process_batch(
         if n_counted or report
         else None
     )
-    counts = Counts(len(messages), n_counted, skipped, duplicates, len(late), len(dead))
+    counts = Counts(
+        len(messages), n_counted, skipped, duplicates, len(late), len(dead), before_start
+    )
     stats = BatchStats(partition, first_offset, state.next_offset, end_offset, counts)
     return BatchResult(parts, progress, late, dead, stats)
 

@@ -7,7 +7,8 @@ ends otherwise (stopped by a signal, failed) writes it as ``stopped``. What a ru
 its last durable snapshot is read again by the next run, so the next run finds the earlier
 run's part in the snapshot it resumes from: unless the manifest already says exactly that,
 it writes that part as the earlier run's manifest with status ``interrupted``. Every
-message read is accounted for in exactly one manifest.
+message read is accounted for in exactly one manifest. Its totals are also the message
+counts of the run's metrics (flows/edges/metrics.py), so the two always agree.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.core.items import BatchStats, Counts
+from flows.edges.metrics import METRICS
 from flows.edges.storage import Storage, end_of_run_failure
 
 RunState = dict[str, dict[str, Any]]  # run_id -> accumulated manifest
@@ -40,6 +42,7 @@ def new_run(run_id: str, settings: dict[str, Any], now: datetime) -> dict[str, A
         "partitions": {},
         "counts": Counts()._asdict(),
         "gaps": [],
+        "group_commit_error": None,
     }
 
 
@@ -53,6 +56,8 @@ def add_stats(run: dict[str, Any], stats: BatchStats) -> None:
     run["counts"] = total._asdict()
     if stats.gap:
         run["gaps"].append({"partition": stats.partition, "detail": stats.gap})
+    if stats.group_error and not run.get("group_commit_error"):
+        run["group_commit_error"] = stats.group_error
 
 
 def add_late(run: dict[str, Any], n: int) -> None:
@@ -61,6 +66,19 @@ def add_late(run: dict[str, Any], n: int) -> None:
     counts["counted"] -= n
     counts["late"] += n
     run["counts"] = counts
+
+
+def note_group_error(storage: Storage, run_id: str, error: str) -> None:
+    """Add a failed final commit to the consumer group to a run's written manifest (the
+    manifest is written when the dataflow ends; the final commit comes after it)."""
+    data = storage.read_bytes(manifest_path(run_id))
+    if data is None:
+        return
+    run = json.loads(data)
+    if run.get("group_commit_error"):
+        return  # a failure of this run is already there
+    run["group_commit_error"] = error
+    storage.write_bytes(manifest_path(run_id), json.dumps(run, indent=2, sort_keys=True).encode())
 
 
 class ManifestSink(FixedPartitionedSink[Any, RunState]):
@@ -106,6 +124,7 @@ class ManifestPart(StatefulSinkPartition[Any, RunState]):
         )
         self.display = ProgressDisplay(sink.progress, sys.stderr)
         self.last_flush = time.monotonic()
+        METRICS.set_counts(self.run["counts"])
 
     def write_batch(self, values: list[Any]) -> None:
         for item in values:
@@ -113,6 +132,7 @@ class ManifestPart(StatefulSinkPartition[Any, RunState]):
                 add_stats(self.run, item)
             else:
                 add_late(self.run, item)
+        METRICS.set_counts(self.run["counts"])  # the same totals as the manifest
         self.display.update(self.run)
         if self.sink.follow and time.monotonic() - self.last_flush >= self.sink.flush_seconds:
             self._write(self.sink.run_id, "running")

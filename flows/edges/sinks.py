@@ -30,6 +30,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.core.items import FlushTick, Row
 from flows.core.rows import dataset_names
+from flows.edges.metrics import METRICS
 from flows.edges.storage import Storage, end_of_run_failure, hive_segment
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
@@ -294,6 +295,7 @@ def write_merged(
     columns = zip(*ordered, strict=True)
     arrays = [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)]
     storage.write_table(relpath, pa.Table.from_arrays(arrays, schema=schema))
+    METRICS.wrote(spec.name, len(ordered))
 
 
 def _sort_key(key: Any) -> Any:

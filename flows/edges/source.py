@@ -25,8 +25,11 @@ from confluent_kafka.admin import AdminClient
 
 from flows.core.items import BatchResult
 from flows.core.partition import PartitionState, process_batch
+from flows.edges.group import GroupCommits, group_commits
+from flows.edges.metrics import METRICS
+from flows.edges.statedir import Start, StateDir
 from flows.failpoints import Failpoints
-from flows.settings import Settings
+from flows.settings import Settings, start_time_us
 
 FLUSH_TICK_S = 1.0
 """While following, each partition marks a result this often (sent even when idle), so the
@@ -142,6 +145,54 @@ def end_offsets(
         consumer.close()
 
 
+def seek_offset(answer: int | None, low: int, high: int) -> int:
+    """Where a partition starts, from the broker's answer to a time lookup: the offset it
+    named, the end when it named none (nothing at or after the time), kept within
+    ``[low, high]``. Brokers that answer approximately (with an earlier offset) only make
+    the run read more: events before the start are filtered by their own time."""
+    if answer is None or answer < 0:
+        return high
+    return min(max(answer, low), high)
+
+
+def start_offsets(
+    config: dict[str, str],
+    topic: str,
+    partitions: list[int],
+    start_at: str,
+    lateness_us: int,
+    timeout_s: float,
+) -> dict[int, int]:
+    """Where each partition starts for ``--start-at``: its end for ``latest``; for a time,
+    the first offset whose broker timestamp is at or after the time less the allowed
+    lateness (``offsets_for_times``)."""
+    bounds = end_offsets(config, topic, partitions, timeout_s)
+    t_us = start_time_us(start_at)
+    if t_us is None:  # latest
+        return {p: high for p, (_low, high) in bounds.items()}
+    consumer = Consumer({**quiet(config), **config, "group.id": "party-rates-probe"})
+    try:
+        ms = max(0, (t_us - lateness_us) // 1000)
+        asked = [TopicPartition(topic, p, ms) for p in partitions]
+        try:
+            answers = consumer.offsets_for_times(asked, timeout=timeout_s)
+        except KafkaException as err:
+            raise SourceError(
+                f"cannot look up offsets of {topic} by time: {err.args[0].str()}"
+            ) from None
+        out = {}
+        for tp in answers:
+            if tp.error is not None:
+                raise SourceError(
+                    f"cannot look up offsets of {topic}[{tp.partition}] by time: {tp.error.str()}"
+                )
+            low, high = bounds[tp.partition]
+            out[tp.partition] = seek_offset(tp.offset, low, high)
+        return out
+    finally:
+        consumer.close()
+
+
 def restore(state: PartitionState, snap: Snapshot) -> None:
     """Put a partition's snapshot back into ``state``."""
     state.next_offset, state.max_t_us, ids, buckets, state.offset_shift = snap
@@ -168,6 +219,19 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         self.brokers = settings.brokers
         self._ends: dict[int, tuple[int, int]] | None = None
         self._ends_lock = threading.Lock()
+        self.start: Start = StateDir(settings.state).start(settings)
+        self.start_us = self.start.start_us
+        self._starts: dict[int, int] | None = self.start.offsets
+        self.commits: GroupCommits | None = (
+            group_commits(
+                {**quiet(self.config), **self.config},
+                settings.group_id,
+                settings.topic,
+                self.failpoints,
+            )
+            if settings.group_id
+            else None
+        )
 
     def offsets(self, partition: int) -> tuple[int, int]:
         """(earliest, end) of a partition as at the start of this run, probed once."""
@@ -179,6 +243,22 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in list_partitions(self.config, self.topic, self.timeout_s)]
+
+    def first_offset(self, partition: int, low: int, high: int) -> int:
+        """Where a partition without saved state starts (``--start-at``)."""
+        if self.start.start_at == "earliest":
+            return low
+        with self._ends_lock:
+            if self._starts is None:  # a state not prepared by ``party-rates run``
+                parts = list_partitions(self.config, self.topic, self.timeout_s)
+                self._starts = start_offsets(
+                    self.config, self.topic, parts, self.start.start_at, self.lateness_us,
+                    self.timeout_s,
+                )  # fmt: skip
+            starts = self._starts
+        # A partition the topic did not have when the state was made starts at its
+        # beginning: all of it came after the start.
+        return min(max(starts.get(partition, low), low), high)
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: Snapshot | None
@@ -217,6 +297,8 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 f"cannot read offsets of {self.topic}[{partition}]: {err.args[0].str()}"
             ) from None
         state = PartitionState(low, self.bucket_us)
+        if resume_state is None:
+            state.next_offset = self.first_offset(partition, low, high)
         gap = None
         if resume_state is not None:
             restore(state, resume_state)
@@ -233,6 +315,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
                 state.next_offset = low
         consumer.assign([TopicPartition(self.topic, partition, state.next_offset)])
         end = None if self.follow else high
+        METRICS.position(partition, state.next_offset, high)
         return PartitionReader(self, consumer, partition, state, end, gap, errors)
 
 
@@ -281,6 +364,9 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         self.errors = errors or BrokerErrors()  # fed by the consumer's error callback
         self.last_tick = time.monotonic()
         self.snapshotted = False  # snapshot() was called since the last batch
+        self.snapshot_offset = state.next_offset  # the read position of that snapshot
+        self.committed: int | None = None  # the last position committed to the group
+        self.topic_partition = TopicPartition(source.topic, partition)
 
     def _finished(self) -> bool:
         return self.end_offset is not None and self.state.next_offset >= self.end_offset
@@ -291,6 +377,13 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             # partition's last snapshot is complete and recorded in the recovery store.
             self.snapshotted = False
             self.source.failpoints.snapshot_durable()
+            commits = self.source.commits
+            if commits is not None and self.snapshot_offset != self.committed:
+                # That snapshot's position is durable now, and the rows it produced are
+                # written or held in the same epoch's snapshots: safe to show the group
+                # (flows/edges/group.py).
+                commits.commit({self.partition: self.snapshot_offset})
+                self.committed = self.snapshot_offset
         if self.done:
             raise StopIteration
         end = self.end_offset
@@ -345,6 +438,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             seen_at=datetime.now(UTC),
             report=first or self.done or caught_up,
             pending=not (self.done or caught_up),
+            start_us=self.source.start_us,
         )
         if self.done and end is not None:
             # Offsets up to the end may hold only transaction markers: they are read.
@@ -354,16 +448,31 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             )
         if first and self.gap:
             result = result._replace(stats=result.stats._replace(gap=self.gap))
+        if self.source.commits is not None:
+            group_error = self.source.commits.take_error()
+            if group_error is not None:
+                result = result._replace(stats=result.stats._replace(group_error=group_error))
+        self._export_position()
         if tick:
             self.last_tick = now
             result = result._replace(flush_tick=True)
         return [result]
+
+    def _export_position(self) -> None:
+        """Read position and end for the metrics, once per batch. The end is the high
+        watermark of the consumer's last fetch (no request), never below what a scheduled
+        run knows it will read."""
+        _low, high = self.consumer.get_watermark_offsets(self.topic_partition, cached=True)
+        next_offset = self.state.next_offset
+        end = max(high if high is not None else -1, self.end_offset or 0, next_offset)
+        METRICS.position(self.partition, next_offset, end)
 
     def next_awake(self) -> datetime | None:
         return self.awake
 
     def snapshot(self) -> Snapshot:
         self.snapshotted = True
+        self.snapshot_offset = self.state.next_offset
         s = self.state
         return (
             s.next_offset,

@@ -10,19 +10,25 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-from collections.abc import Iterator
+import pickle
+import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from bytewax.recovery import init_db_dir
 
 from flows.core.eventtime import duration_label
-from flows.settings import Settings
+from flows.settings import Settings, start_time_us
 
 STATE_FORMAT = 3
 """Bumped whenever a class pickled in the state moves or changes: an older state is refused
 with a clear message instead of failing to load (``tests/test_flow.py`` holds the list)."""
 META = "party_rates_state.json"
+START_OFFSETS = "start_offsets.json"
 RECOVERY_PARTITIONS = 1
+SOURCE_STEP = "party_rates.kafka"
+"""The step id of the Kafka input in the recovery store (flow id, then step name)."""
 
 
 FRESH = "needs a fresh --state and a fresh --output"
@@ -70,7 +76,26 @@ def state_meta(settings: Settings) -> dict[str, object]:
         "rollups": ",".join(duration_label(n) for n in settings.rollup_lengths_us),
         "rollup_lengths_us": list(settings.rollup_lengths_us),
         "output": settings.output,
+        "start_at": settings.start_at or "earliest",
     }
+
+
+class Start(NamedTuple):
+    """Where a state starts reading (``--start-at``, fixed when the state is made)."""
+
+    start_at: str  # earliest | latest | an RFC 3339 time in UTC
+    start_us: int  # events before it are not counted: the first window boundary at or
+    # after the time; 0 for earliest and latest
+    offsets: dict[int, int] | None  # where each partition of the first run started
+
+
+def start_us_for(start_at: str, window_us: int) -> int:
+    """The first window boundary at or after a ``--start-at`` time (0 without a time):
+    counting starts there, so the first window is as complete as in a run from earliest."""
+    t = start_time_us(start_at)
+    if t is None:
+        return 0
+    return -(-t // window_us) * window_us
 
 
 class StateDir:
@@ -137,6 +162,13 @@ class StateDir:
                         f"state in {self.path} was made for {label} "
                         f"{have.get(shown, have.get(key))!r}, not {want[shown]!r}: {hint}"
                     )
+            recorded = have.get("start_at", "earliest")
+            if settings.start_at is not None and settings.start_at != recorded:
+                raise StateError(
+                    f"state in {self.path} was made with --start-at {recorded}, not "
+                    f"{settings.start_at}: where a state starts is fixed when it is made; "
+                    f"another start {FRESH} (later runs may leave --start-at out)"
+                )
         elif self.recovery.exists() and any(self.recovery.iterdir()):
             raise StateError(
                 f"{self.path} holds recovery data but no {META}: it was not made by this "
@@ -148,3 +180,82 @@ class StateDir:
         if not self.recovery.exists():
             self.recovery.mkdir(parents=True)
             init_db_dir(self.recovery, RECOVERY_PARTITIONS)
+
+    def start(
+        self, settings: Settings, resolve: Callable[[str], dict[int, int]] | None = None
+    ) -> Start:
+        """Where this state starts: as its metadata records it (or as the settings say, for
+        a state not made by ``party-rates run``). Partitions of the first run start at
+        offsets resolved once, by ``resolve`` (latest: their ends; a time: the broker's
+        time index), and kept here, so a first run killed before its first snapshot starts
+        again from the same offsets. Partitions added to the topic later start at their
+        beginning: everything in them came after the start."""
+        meta_file = self.path / META
+        try:
+            start_at = json.loads(meta_file.read_text()).get("start_at", "earliest")
+        except (OSError, ValueError):
+            start_at = settings.start_at or "earliest"
+        start_us = start_us_for(start_at, settings.window_us)
+        if start_at == "earliest":
+            return Start(start_at, start_us, None)
+        offsets_file = self.path / START_OFFSETS
+        if not offsets_file.exists() and resolve is not None and meta_file.exists():
+            with open(self.path / ".prepare.lock", "w") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    if not offsets_file.exists():  # another process may have been first
+                        offsets = resolve(start_at)
+                        tmp = offsets_file.with_suffix(".tmp")
+                        tmp.write_text(json.dumps({str(p): o for p, o in offsets.items()}))
+                        tmp.replace(offsets_file)
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            saved = json.loads(offsets_file.read_text())
+        except (OSError, ValueError):
+            return Start(start_at, start_us, None)
+        return Start(start_at, start_us, {int(p): int(o) for p, o in saved.items()})
+
+    def durable_offsets(self) -> tuple[dict[int, int], bool]:
+        """Per partition, the read position the next run resumes from, as the recovery
+        store holds it; and whether every worker has recorded the same progress (False
+        while a process of a cluster has not yet recorded its last epoch: the positions
+        are then those of an earlier, also durable, epoch).
+
+        This is Bytewax 0.21.1's own resume rule: the resume epoch is the smallest epoch
+        any worker of the latest execution has not completed, and a partition resumes from
+        its newest snapshot before that epoch.
+        """
+        offsets: dict[int, int] = {}
+        settled = True
+        for db in sorted(self.recovery.glob("part-*.sqlite3")):
+            with contextlib.closing(
+                sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            ) as conn:
+                ex = conn.execute(
+                    "SELECT ex_num, worker_count, resume_epoch FROM exs "
+                    "ORDER BY ex_num DESC LIMIT 1"
+                ).fetchone()
+                if ex is None:
+                    continue
+                ex_num, workers, resume = ex
+                fronts = dict(
+                    conn.execute(
+                        "SELECT worker_index, MAX(worker_frontier) FROM fronts "
+                        "WHERE ex_num = ? GROUP BY worker_index",
+                        (ex_num,),
+                    ).fetchall()
+                )
+                progress = [max(fronts.get(w, resume), resume) for w in range(workers)]
+                epoch = min(progress)
+                settled = settled and max(progress) == epoch
+                rows = conn.execute(
+                    "SELECT state_key, ser_change FROM snaps AS s WHERE step_id = ?1 "
+                    "AND snap_epoch = (SELECT MAX(snap_epoch) FROM snaps WHERE step_id = ?1 "
+                    "AND state_key = s.state_key AND snap_epoch < ?2)",
+                    (SOURCE_STEP, epoch),
+                ).fetchall()
+            for key, change in rows:
+                if change is not None:
+                    offsets[int(key)] = int(pickle.loads(change)[0])
+        return offsets, settled
