@@ -1,6 +1,7 @@
 """``make bench``: the job against the alternatives, same broker, same data, same run.
 
-Starts the embedded broker, produces a simulated mixed topic (4 partitions), then runs each
+Starts the embedded broker, produces a simulated mixed topic (4 partitions; the simulator's
+flat shape, the traffic the recorded figures were measured on), then runs each
 contender several times as its own process and reports messages/s (median and spread) and
 peak RSS. Results go to stdout and to bench/RESULTS.md.
 """
@@ -71,7 +72,7 @@ def main() -> int:
         topic = "mpv2SessionHistory"
         broker.create_topic(topic, partitions=4)
         t0 = time.perf_counter()
-        messages, _ = generate(SimConfig(messages=args.messages, namespaces=60))
+        messages, _ = generate(SimConfig(messages=args.messages, namespaces=60, shape="flat"))
         n = produce(broker.bootstrap, topic, messages)
         del messages
         print(f"produced {n:,} messages in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
@@ -135,7 +136,7 @@ def memory_scaling(n: int, write: bool) -> int:
             produced = 0
             for seed in range(scale):  # 4n as four simulated days in a row
                 start = SimConfig().start + timedelta(days=seed)
-                cfg = SimConfig(messages=n, namespaces=60, seed=seed, start=start)
+                cfg = SimConfig(messages=n, namespaces=60, seed=seed, start=start, shape="flat")
                 messages, _ = generate(cfg)
                 produced += produce(broker.bootstrap, topic, messages)
                 del messages
