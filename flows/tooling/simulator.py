@@ -369,7 +369,7 @@ class _Day:
                     start=datetime.fromtimestamp(start / US_PER_S, tz=UTC),
                     end=datetime.fromtimestamp((start + lengths[i] * MIN_US) / US_PER_S, tz=UTC),
                     usual_drop_probability=usual,
-                    drop_probability=round(min(0.9, usual * rng.uniform(3, 5)), 3),
+                    drop_probability=round(min(0.9, max(0.4, usual * rng.uniform(3, 5))), 3),
                 )
             )
         return out
