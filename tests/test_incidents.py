@@ -307,3 +307,21 @@ def test_the_report_says_when_there_is_no_incident(tmp_path: Path) -> None:
     render_report(tmp_path / "old", tmp_path / "old.html")
     old = (tmp_path / "old.html").read_text(encoding="utf-8")
     assert "Incidents are found in <code>disconnect_outcomes/</code>, which" in old
+
+
+@pytest.mark.slow
+def test_the_demo_prints_the_incidents_beside_the_worst_namespaces(tmp_path: Path) -> None:
+    result = run_cli("demo", "--dir", str(tmp_path / "demo"), "--messages", "150000")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    worst = text.index("Worst namespaces by drop ratio")
+    found = text.index("Incidents found")
+    made = text.index("The simulated day's incidents, as the simulator made them:")
+    assert worst < found < made
+    outcomes = analysis.load_disconnect_outcomes(tmp_path / "demo" / "output")
+    lines = analysis.describe_incidents(analysis.find_incidents(outcomes))
+    assert text[found:made].splitlines()[1:] == [f"  {line}" for line in lines]
+    truth = generate(SimConfig(messages=150_000))[1]
+    printed = text[made:].splitlines()[1 : 1 + len(truth.incidents)]
+    for line, inc in zip(printed, truth.incidents, strict=True):
+        assert line.startswith(f"  {inc.namespace}: {inc.start:%Y-%m-%d %H:%M} to {inc.end:%H:%M}")

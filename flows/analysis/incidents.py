@@ -20,9 +20,13 @@ least 1) measures how much more the namespace's drop counts vary than binomial c
 and the test counts ``decided ÷ φ`` independent units (quasi-binomial). The test is one-sided:
 the exact binomial upper tail P(X ≥ dropped ÷ φ) for ``decided ÷ φ`` trials at the baseline
 ratio. Over all namespaces and stretches at once, the Benjamini-Hochberg procedure keeps the
-false discovery rate at ``fdr`` (1% by default): on a day without incidents, the chance of
-flagging anything is at most 1%. A stretch is flagged when it passes and its drop ratio is at
-least ``min_strength`` (1.5) times the baseline.
+false discovery rate at ``fdr`` (1% by default): the expected share of false alarms among
+the flagged stretches. On a day without incidents every flag is false, so that is then the
+chance of flagging anything at all. (The procedure assumes tests that are independent or
+positively dependent, as overlapping stretches are; a stretch is also a small part of the
+other stretches' baselines, a weak negative dependence it does not cover.) A stretch is
+flagged when it passes and its drop ratio is at least ``min_strength`` (1.5) times the
+baseline: a rise too small to act on is no incident, however sure.
 
 **The incident.** Flagged stretches of a namespace that overlap or touch form one incident.
 Its start and end are found window by window: the contiguous run of windows, within the
@@ -30,6 +34,14 @@ flagged stretches and an hour either side, that maximises the binomial log-likel
 of "its own drop ratio inside, the baseline outside" (the maximum-likelihood change points).
 The baseline is then re-estimated without the incidents found, and the search repeated until
 the incidents stop changing.
+
+**Assumptions.** Outside incidents, a namespace's drop ratio is steady over the searched
+range (one whose ratio follows the time of day gets a larger φ, and its test becomes
+conservative); half hours are independent given the baseline (a flapping player's
+disconnects are seconds to minutes apart); φ is used as estimated, without allowing for its
+own uncertainty (with few half hours of data, as in a quiet game, it is rough, but never
+below 1). Stretches with a few decided disconnects can only pass with a very high ratio: the
+exact tail does not lean on a normal approximation.
 
 **Strength** is the incident's drop ratio divided by its baseline (4.0: four times as many
 of its disconnects dropped as usual); ``z`` is the excess in standard errors,

@@ -6,6 +6,14 @@ or, after the namespace's inactive timeout, a drop, invite rejections, the three
 formats, random keys (the event id), at-least-once re-sends (same key), publish jitter, a
 few events re-published long after their time (late) and a few malformed messages.
 
+And what the players do, in the default ``shape="day"``: each game has a home time zone
+and its traffic peaks in that evening; games differ in drop tendency, inactive timeout,
+rejoin time and share of flapping players (several disconnects seconds apart, some before
+any outcome, which supersede the earlier one); the last namespace is a quiet game; and a
+few busy games have an incident, an hour or so in which their players' disconnects end in
+a drop several times as often as usual. ``Truth`` lists the incidents and the games.
+``shape="flat"`` is the former uniform traffic, message for message.
+
 Everything is derived from the seed: the same config gives the same messages.
 """
 
