@@ -223,31 +223,43 @@ def _window_series(
     return out, first, step, per_block
 
 
+class _Reference:
+    """A namespace's baseline data: the kept windows summed per half-hour block, with
+    running sums, so that the baseline around any stretch is a few subtractions."""
+
+    def __init__(self, s: _Series, keep: np.ndarray[Any, Any]) -> None:
+        blocks = int(s.block[-1]) + 1
+        n_b = np.bincount(s.block, weights=np.where(keep, s.decided, 0.0), minlength=blocks)
+        x_b = np.bincount(s.block, weights=np.where(keep, s.dropped, 0.0), minlength=blocks)
+        busy = n_b > 0
+        square = np.where(busy, x_b**2 / np.where(busy, n_b, 1.0), 0.0)
+        self.block = s.block
+        self.sums = [np.concatenate([[0.0], np.cumsum(v)]) for v in (n_b, x_b, square, busy)]
+
+    def around(
+        self, lo: np.ndarray[Any, Any], hi: np.ndarray[Any, Any], guard: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Baseline ratio and dispersion over the kept windows outside the half-hour
+        blocks that ``[lo - guard, hi + guard)`` touches, for each (lo, hi)."""
+        last = len(self.block)
+        first_block = self.block[np.maximum(0, lo - guard)]
+        end_block = self.block[np.minimum(last, hi + guard) - 1] + 1
+        n, x, square, busy = (c[-1] - (c[end_block] - c[first_block]) for c in self.sums)
+        p0 = (x + 0.5) / (n + 1.0)  # never 0 or 1, even for a namespace without drops
+        # Pearson χ² over the blocks: sum of (x - n p0)² / (n p0 (1 - p0)), expanded.
+        chi2 = (square - 2 * p0 * x + p0 * p0 * n) / (p0 * (1 - p0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            phi = np.where(busy >= 2, np.maximum(1.0, chi2 / (busy - 1)), 1.0)
+        return p0, phi
+
+
 def _reference(
     s: _Series, keep: np.ndarray[Any, Any], lo: int, hi: int, guard: int
 ) -> tuple[float, float]:
     """Baseline ratio and dispersion of ``s`` over the windows in ``keep`` outside
     ``[lo - guard, hi + guard)``, in whole half-hour blocks."""
-    n_windows = len(s.decided)
-    inside = np.zeros(n_windows, dtype=bool)
-    inside[max(0, lo - guard) : min(n_windows, hi + guard)] = True
-    blocks_out = np.unique(s.block[inside])
-    use = keep & ~np.isin(s.block, blocks_out)
-    return _baseline(s, use)
-
-
-def _baseline(s: _Series, use: np.ndarray[Any, Any]) -> tuple[float, float]:
-    blocks = s.block[use]
-    n_b = np.bincount(blocks, weights=s.decided[use]) if len(blocks) else np.zeros(0)
-    x_b = np.bincount(blocks, weights=s.dropped[use]) if len(blocks) else np.zeros(0)
-    n_total, x_total = float(n_b.sum()), float(x_b.sum())
-    p0 = (x_total + 0.5) / (n_total + 1.0)  # never 0 or 1, even for a namespace without drops
-    busy = n_b > 0
-    k = int(busy.sum())
-    if k < 2:
-        return p0, 1.0
-    chi2 = float(np.sum((x_b[busy] - n_b[busy] * p0) ** 2 / (n_b[busy] * p0 * (1 - p0))))
-    return p0, max(1.0, chi2 / (k - 1))
+    p0, phi = _Reference(s, keep).around(np.array([lo]), np.array([hi]), guard)
+    return float(p0[0]), float(phi[0])
 
 
 # --- the search --------------------------------------------------------------------------
@@ -281,19 +293,15 @@ def _stretch_tests(
         cum_x = np.concatenate([[0.0], np.cumsum(s.dropped)])
         # Stretches start at each half-hour block's first window (the first block may be
         # partial) and are two blocks long (shorter at the end of the range).
-        starts = np.flatnonzero(np.diff(np.concatenate([[-1], s.block])) != 0)
-        rows: list[tuple[int, int, float, float, float, float]] = []
-        for lo in starts.tolist():
-            hi = min(n_windows, lo + length)
-            n = cum_n[hi] - cum_n[lo]
-            if n <= 0:
-                continue
-            x = cum_x[hi] - cum_x[lo]
-            p0, phi = _reference(s, keep, lo, hi, guard)
-            rows.append((lo, hi, x, n, p0, phi))
-        if not rows:
+        lo_a = np.flatnonzero(np.diff(np.concatenate([[-1], s.block])) != 0)
+        hi_a = np.minimum(n_windows, lo_a + length)
+        n_a = cum_n[hi_a] - cum_n[lo_a]
+        x_a = cum_x[hi_a] - cum_x[lo_a]
+        tested = n_a > 0
+        if not tested.any():
             continue
-        lo_a, hi_a, x_a, n_a, p0_a, phi_a = (np.array(c) for c in zip(*rows, strict=True))
+        lo_a, hi_a, n_a, x_a = lo_a[tested], hi_a[tested], n_a[tested], x_a[tested]
+        p0_a, phi_a = _Reference(s, keep).around(lo_a, hi_a, guard)
         p_values = binomial_sf(x_a / phi_a, n_a / phi_a, p0_a)
         strong = x_a / n_a >= min_strength * p0_a
         tests += [
