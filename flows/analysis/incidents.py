@@ -285,16 +285,15 @@ def _stretch_tests(
     stretch (those with a decided disconnect) and the number tested.
     """
     tests: list[tuple[int, int, int, float, bool]] = []
-    length, guard = 2 * per_block, 2 * per_block
+    guard = 2 * per_block
     for i, s in enumerate(series):
         keep = _keep_mask(s, incidents)
-        n_windows = len(s.decided)
         cum_n = np.concatenate([[0.0], np.cumsum(s.decided)])
         cum_x = np.concatenate([[0.0], np.cumsum(s.dropped)])
-        # Stretches start at each half-hour block's first window (the first block may be
-        # partial) and are two blocks long (shorter at the end of the range).
+        # Stretches are two half-hour blocks, starting at each block (the first and the
+        # last block of the range may be partial).
         lo_a = np.flatnonzero(np.diff(np.concatenate([[-1], s.block])) != 0)
-        hi_a = np.minimum(n_windows, lo_a + length)
+        hi_a = np.searchsorted(s.block, s.block[lo_a] + 2)
         n_a = cum_n[hi_a] - cum_n[lo_a]
         x_a = cum_x[hi_a] - cum_x[lo_a]
         tested = n_a > 0
