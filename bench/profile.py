@@ -64,7 +64,7 @@ def main() -> int:
     raw = work / "profile.txt"
     with embedded_broker() as broker:
         broker.create_topic("mpv2SessionHistory", partitions=4)
-        messages, _ = generate(SimConfig(messages=args.messages, namespaces=60))
+        messages, _ = generate(SimConfig(messages=args.messages, namespaces=60, shape="flat"))
         n = produce(broker.bootstrap, "mpv2SessionHistory", messages)
         del messages
         spy = Path(sys.executable).parent / "py-spy"

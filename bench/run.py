@@ -1,12 +1,13 @@
 """``make bench``: the job against the alternatives, same broker, same data, same run.
 
-Starts the embedded broker and produces simulated topics, then runs each contender several
-times as its own process (interleaved, so that a slow moment of the machine hits them all)
-and reports messages/s (median and spread), CPU time per message and peak RSS:
+Starts the embedded broker and produces simulated topics (the simulator's flat shape: the
+traffic the earlier figures were measured on), then runs each contender several times as its
+own process (interleaved, so that a slow moment of the machine hits them all) and reports
+messages/s (median and spread), CPU time per message and peak RSS:
 
 * the mixed topic (4 partitions, about 60 % other event kinds, 60 namespaces): the job with
-  1 worker, 2 workers and 2 processes, a hand-written consume-and-count loop, the raw
-  consume ceiling and a naive Bytewax flow;
+  1 worker (with and without roll-ups), 2 workers and 2 processes, a hand-written
+  consume-and-count loop, the raw consume ceiling and a naive Bytewax flow;
 * a hot topic (one namespace with about 90 % of the traffic): the job with 1 worker and
   with 2 processes, their rows compared, CPU per message less each one's fixed cost;
 * fixed costs: a fresh run over an empty topic, and a scheduled run that finds nothing new
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -92,9 +93,10 @@ def job(bootstrap: str, topic: str, d: Path, *extra: str, fresh: bool = True) ->
 
 
 def produce_topic(broker: object, topic: str, cfg: SimConfig) -> int:
+    """A topic of 4 partitions holding ``cfg``'s traffic, in the flat shape."""
     broker.create_topic(topic, partitions=4)  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    messages, _ = generate(cfg)
+    messages, _ = generate(replace(cfg, shape="flat"))
     n = produce(broker.bootstrap, topic, messages)  # type: ignore[attr-defined]
     print(f"{topic}: produced {n:,} messages in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return n
@@ -254,7 +256,7 @@ def memory_scaling(n: int, write: bool) -> int:
             produced = 0
             for seed in range(scale):  # 4n as four simulated days in a row
                 start = SimConfig().start + timedelta(days=seed)
-                cfg = SimConfig(messages=n, namespaces=60, seed=seed, start=start)
+                cfg = SimConfig(messages=n, namespaces=60, seed=seed, start=start, shape="flat")
                 messages, _ = generate(cfg)
                 produced += produce(broker.bootstrap, topic, messages)
                 del messages

@@ -476,7 +476,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.analysis import load_disconnect_outcomes, load_party_rates, worst_namespaces
+    from flows.analysis import (
+        describe_incidents,
+        find_incidents,
+        load_disconnect_outcomes,
+        load_party_rates,
+        worst_namespaces,
+    )
     from flows.tooling.broker import embedded_broker
     from flows.tooling.simulator import SimConfig, generate, produce
 
@@ -489,7 +495,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with embedded_broker(log=base / "broker.log") as broker:
         broker.create_topic("mpv2SessionHistory", partitions=4)
         t0 = time.monotonic()
-        messages, _ = generate(SimConfig(messages=args.messages))
+        messages, truth = generate(SimConfig(messages=args.messages))
         n = produce(broker.bootstrap, "mpv2SessionHistory", messages)
         print(
             f"demo: produced {n:,} simulated messages in {time.monotonic() - t0:.1f}s",
@@ -516,19 +522,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     worst["cohort_drop_ratio"] = cohort["dropped"] / (cohort["dropped"] + cohort["rejoined"])
     print("\nWorst namespaces by drop ratio (final windows, at least 20 disconnects):")
     print(worst.to_string(float_format=lambda v: f"{v:.3f}"))
+    incidents = find_incidents(outcomes)
+    print(
+        "\nIncidents found (a namespace's cohort drop ratio significantly above its own "
+        "baseline, final windows):"
+    )
+    for line in describe_incidents(incidents):
+        print(f"  {line}")
+    print("The simulated day's incidents, as the simulator made them:")
+    for inc in truth.incidents:
+        print(
+            f"  {inc.namespace}: {inc.start:%Y-%m-%d %H:%M} to {inc.end:%H:%M} UTC: "
+            f"drop probability {inc.usual_drop_probability:.2f} -> {inc.drop_probability:.2f}"
+        )
+    if not truth.incidents:
+        print("  none")
     print(f"\nFor a report: party-rates report --output {output}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from flows.analysis import describe_incidents
     from flows.analysis.report import render_report, save_main_plot
 
     output = Path(args.output)
     if not (output / "party_rates").exists():
         raise Fail(EXIT_SETTINGS, f"no party_rates dataset under {output}")
     dest = Path(args.to) if args.to else output / "report.html"
-    render_report(output, dest)
+    incidents = render_report(output, dest)
     print(f"party-rates: report written to {dest}", file=sys.stderr)
+    if incidents.attrs.get("searched_from") is not None:
+        for line in describe_incidents(incidents):
+            print(f"party-rates: {line}", file=sys.stderr)
     if args.png:
         save_main_plot(output, Path(args.png))
         print(f"party-rates: main plot written to {args.png}", file=sys.stderr)

@@ -3,6 +3,11 @@
 Sinks build their tables with these schemas and readers load with them; no schema is
 ever inferred from a batch. Each field carries a ``description`` in its metadata, which
 is written into the Parquet files and rendered into the data dictionary.
+
+Each column of a windowed dataset (``party_rates``, ``disconnect_outcomes`` and their
+roll-ups) also says in its metadata how it combines across windows (``combine``, one of
+:data:`COMBINE_KINDS`), and for a ratio or rate the ``formula`` that recomputes it from
+the summed counts (``minutes`` is the combined period's length in minutes).
 """
 
 from __future__ import annotations
@@ -14,43 +19,136 @@ import pyarrow as pa
 UTC_US = pa.timestamp("us", tz="UTC")
 
 
-def _f(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
-    return pa.field(name, type_, nullable=nullable, metadata={"description": description})
+COMBINE_KINDS = {
+    "key": "a key: group by it",
+    "first": "the first window's",
+    "last": "the last window's",
+    "sum": "adds up",
+    "all": "true when it is true for every window",
+    "recompute": "recompute from the summed counts",
+    "distinct": "cannot be combined: a distinct count (a sum counts whoever is in several "
+    "windows once per window); read a roll-up",
+    "percentile": "cannot be combined: a percentile; read a roll-up",
+}
+"""How a column of a windowed dataset combines across windows, by ``combine`` kind."""
+
+
+def _f(
+    name: str,
+    type_: pa.DataType,
+    description: str,
+    nullable: bool = True,
+    combine: str | None = None,
+    formula: str | None = None,
+) -> pa.Field:
+    metadata = {"description": description}
+    if combine is not None:
+        if combine not in COMBINE_KINDS or (formula is not None) != (combine == "recompute"):
+            raise ValueError(f"{name}: combine {combine!r} with formula {formula!r}")
+        metadata["combine"] = combine
+    if formula is not None:
+        metadata["formula"] = formula
+    return pa.field(name, type_, nullable=nullable, metadata=metadata)
 
 
 RATES_PARTITION_SCHEMA = pa.schema(
     [
-        _f("namespace", pa.string(), "Game namespace the events belong to (envelope `namespace`)."),
-        _f("date", pa.date32(), "UTC date of `window_start`."),
+        _f(
+            "namespace",
+            pa.string(),
+            "Game namespace the events belong to (envelope `namespace`).",
+            combine="key",
+        ),
+        _f("date", pa.date32(), "UTC date of `window_start`.", combine="first"),
     ]
 )
 """Hive partition columns of ``party_rates/``: in the directory names only."""
 
 RATES_FILE_SCHEMA = pa.schema(
     [
-        _f("window_start", UTC_US, "Start of the tumbling event-time window, inclusive.", False),
-        _f("window_end", UTC_US, "End of the window, exclusive.", False),
-        _f("disconnected", pa.int64(), "Distinct PartyDisconnectedEvent in the window.", False),
-        _f("rejoined", pa.int64(), "Distinct PartyRejoinedEvent in the window.", False),
-        _f("dropped", pa.int64(), "Distinct PartyDroppedEvent in the window.", False),
-        _f("rejected", pa.int64(), "Distinct PartyRejectedEvent (invite rejections).", False),
-        _f("users_disconnected", pa.int64(), "Distinct userId among the disconnects.", False),
+        _f(
+            "window_start",
+            UTC_US,
+            "Start of the tumbling event-time window, inclusive.",
+            False,
+            combine="first",
+        ),
+        _f("window_end", UTC_US, "End of the window, exclusive.", False, combine="last"),
+        _f(
+            "disconnected",
+            pa.int64(),
+            "Distinct PartyDisconnectedEvent in the window.",
+            False,
+            combine="sum",
+        ),
+        _f(
+            "rejoined",
+            pa.int64(),
+            "Distinct PartyRejoinedEvent in the window.",
+            False,
+            combine="sum",
+        ),
+        _f(
+            "dropped", pa.int64(), "Distinct PartyDroppedEvent in the window.", False, combine="sum"
+        ),
+        _f(
+            "rejected",
+            pa.int64(),
+            "Distinct PartyRejectedEvent (invite rejections).",
+            False,
+            combine="sum",
+        ),
+        _f(
+            "users_disconnected",
+            pa.int64(),
+            "Distinct userId among the disconnects.",
+            False,
+            combine="distinct",
+        ),
         _f(
             "parties_affected",
             pa.int64(),
             "Distinct sessionId (party) among disconnected, rejoined and dropped events.",
             False,
+            combine="distinct",
         ),
-        _f("disconnects_per_min", pa.float64(), "disconnected / window minutes.", False),
-        _f("drops_per_min", pa.float64(), "dropped / window minutes.", False),
-        _f("drop_ratio", pa.float64(), "dropped / disconnected; null when disconnected is 0."),
-        _f("rejoin_ratio", pa.float64(), "rejoined / disconnected; null when disconnected is 0."),
+        _f(
+            "disconnects_per_min",
+            pa.float64(),
+            "disconnected / window minutes.",
+            False,
+            combine="recompute",
+            formula="disconnected / minutes",
+        ),
+        _f(
+            "drops_per_min",
+            pa.float64(),
+            "dropped / window minutes.",
+            False,
+            combine="recompute",
+            formula="dropped / minutes",
+        ),
+        _f(
+            "drop_ratio",
+            pa.float64(),
+            "dropped / disconnected; null when disconnected is 0.",
+            combine="recompute",
+            formula="dropped / disconnected",
+        ),
+        _f(
+            "rejoin_ratio",
+            pa.float64(),
+            "rejoined / disconnected; null when disconnected is 0.",
+            combine="recompute",
+            formula="rejoined / disconnected",
+        ),
         _f(
             "is_final",
             pa.bool_(),
             "True once the watermark passed window_end: the row never changes again. "
             "False: the window was still open when the run stopped; a later run replaces it.",
             False,
+            combine="all",
         ),
     ]
 )
@@ -98,22 +196,48 @@ DEAD_LETTERS_SCHEMA = pa.schema(
 
 OUTCOMES_FILE_SCHEMA = pa.schema(
     [
-        _f("window_start", UTC_US, "Start of the window the disconnects happened in.", False),
-        _f("window_end", UTC_US, "End of the window, exclusive.", False),
-        _f("disconnects", pa.int64(), "PartyDisconnectedEvent in the window (incidents).", False),
-        _f("rejoined", pa.int64(), "Incidents whose next outcome was a PartyRejoinedEvent.", False),
-        _f("dropped", pa.int64(), "Incidents whose next outcome was a PartyDroppedEvent.", False),
+        _f(
+            "window_start",
+            UTC_US,
+            "Start of the window the disconnects happened in.",
+            False,
+            combine="first",
+        ),
+        _f("window_end", UTC_US, "End of the window, exclusive.", False, combine="last"),
+        _f(
+            "disconnects",
+            pa.int64(),
+            "PartyDisconnectedEvent in the window (incidents).",
+            False,
+            combine="sum",
+        ),
+        _f(
+            "rejoined",
+            pa.int64(),
+            "Incidents whose next outcome was a PartyRejoinedEvent.",
+            False,
+            combine="sum",
+        ),
+        _f(
+            "dropped",
+            pa.int64(),
+            "Incidents whose next outcome was a PartyDroppedEvent.",
+            False,
+            combine="sum",
+        ),
         _f(
             "unresolved",
             pa.int64(),
             "Incidents with no outcome within the outcome horizon (default 1 h).",
             False,
+            combine="sum",
         ),
         _f(
             "superseded",
             pa.int64(),
             "Incidents ended by a second disconnect of the same player before any outcome.",
             False,
+            combine="sum",
         ),
         _f(
             "orphan_outcomes",
@@ -121,21 +245,26 @@ OUTCOMES_FILE_SCHEMA = pa.schema(
             "Rejoins and drops in the window with no open incident (their disconnect was "
             "before the data kept).",
             False,
+            combine="sum",
         ),
         _f(
             "cohort_drop_ratio",
             pa.float64(),
             "dropped / (rejoined + dropped) of this window's disconnects; null when both are 0.",
+            combine="recompute",
+            formula="dropped / (rejoined + dropped)",
         ),
         _f(
             "rejoin_seconds_p50",
             pa.float64(),
             "Median seconds from disconnect to rejoin (interpolated); null without rejoins.",
+            combine="percentile",
         ),
         _f(
             "rejoin_seconds_p95",
             pa.float64(),
             "95th percentile seconds from disconnect to rejoin; null without rejoins.",
+            combine="percentile",
         ),
         _f(
             "is_final",
@@ -143,6 +272,7 @@ OUTCOMES_FILE_SCHEMA = pa.schema(
             "True once the watermark passed window_end plus the outcome horizon: every "
             "disconnect of the window is decided and the row never changes again.",
             False,
+            combine="all",
         ),
     ]
 )

@@ -7,13 +7,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
+from schemas.output import OUTCOMES_SCHEMA, RATES_SCHEMA
 from tests import reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +82,40 @@ def reference_outcomes(
     """Final ``disconnect_outcomes`` rows, from the independent reference."""
     result = reference.run(messages, window_us, lateness_us)
     return reference.outcomes(result, window_us, horizon_us)
+
+
+def partitioned(messages: list[Any], partitions: int = 4) -> list[tuple[int, int, bytes | None]]:
+    """Simulated messages as a topic of ``partitions`` partitions holds them, without a
+    broker: placed by their key (so a re-send lands beside the original), in publish order,
+    as (partition, offset, value)."""
+    offsets = [0] * partitions
+    out = []
+    for msg in messages:
+        p = zlib.crc32(msg.key) % partitions
+        out.append((p, offsets[p], msg.value))
+        offsets[p] += 1
+    return out
+
+
+def reference_frames(
+    messages: list[tuple[int, int, bytes | None]],
+    window_us: int = 5 * 60_000_000,
+    lateness_us: int = 10 * 60_000_000,
+    horizon_us: int = 3_600_000_000,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``party_rates`` (every row) and ``disconnect_outcomes`` (final rows) as the
+    independent reference makes them, with the loaders' columns and types."""
+    result = reference.run(messages, window_us, lateness_us)
+    rates = reference.rates(result, window_us)
+    outcomes = reference.outcomes(result, window_us, horizon_us)
+    outcomes["window_end"] = outcomes["window_start"] + pd.Timedelta(microseconds=window_us)
+    outcomes["is_final"] = True
+    frames = []
+    for frame, schema in ((rates, RATES_SCHEMA), (outcomes, OUTCOMES_SCHEMA)):
+        frame["date"] = frame["window_start"].dt.date
+        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+        frames.append(table.to_pandas())
+    return frames[0], frames[1]
 
 
 ROLLUPS = ("1h", "1d")

@@ -751,3 +751,109 @@ def test_dictionary_module_prints_it() -> None:
         check=True,
     )
     assert result.stdout.decode("utf-8") == render_data_dictionary()
+
+
+# --- combining windows and the roll-ups --------------------------------------------------
+
+
+def test_every_windowed_column_says_how_it_combines() -> None:
+    for schema in (RATES_SCHEMA, OUTCOMES_SCHEMA):
+        for field in schema:
+            kind, formula = analysis.combine_rule(field.name, schema)
+            assert kind in analysis.COMBINE_RULES, field.name
+            assert (formula is not None) == (kind == "recompute"), field.name
+    assert analysis.combine_rule("users_disconnected") == ("distinct", None)
+    assert analysis.combine_rule("parties_affected") == ("distinct", None)
+    assert analysis.combine_rule("drop_ratio") == ("recompute", "dropped / disconnected")
+    assert analysis.combine_rule("rejoin_seconds_p95", OUTCOMES_SCHEMA) == ("percentile", None)
+    assert analysis.combine_rule("dropped", OUTCOMES_SCHEMA) == ("sum", None)
+    text = render_data_dictionary()
+    assert "| column | type | unit | null | meaning | across windows |" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `users_disconnected`"))
+    assert row.endswith(
+        "| cannot be combined: a distinct count (a sum counts whoever is in "
+        "several windows once per window); read a roll-up |"
+    )
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `cohort_drop_ratio`"))
+    assert row.endswith("| recompute from the summed counts: `dropped / (rejoined + dropped)` |")
+    assert "within 1 % of the exact percentile" in text
+    assert "`users_disconnected` of `party_rates_1d`" in text
+    # Datasets of single events have no such column.
+    late = next(ln for ln in text.splitlines() if ln.startswith("| `event_time`"))
+    assert late.count("|") == 6
+
+
+def test_combined_windows_equal_longer_windows_except_what_cannot_combine() -> None:
+    """Five-minute rows of a simulated day combined into hours by the schema's rules equal
+    the independent reference's own hour-long windows, for every column that combines."""
+    from flows.tooling.simulator import SimConfig, generate
+    from tests import reference
+    from tests.helpers import partitioned, reference_frames
+
+    topic = partitioned(generate(SimConfig(messages=20_000, namespaces=6, hours=6))[0])
+    rates, outcomes = reference_frames(topic)
+    hour_rates, hour_outcomes = reference_frames(topic, window_us=3_600_000_000)
+
+    combined = analysis.combine_windows(rates, "1h")
+    key = ["namespace", "window_start"]
+    assert list(combined.columns) == list(rates.columns)
+    joined = combined.merge(hour_rates, on=key, suffixes=("", "_hour"))
+    assert len(joined) == len(hour_rates) == len(combined)
+    for column in ("disconnected", "rejoined", "dropped", "rejected", "window_end", "date"):
+        assert (joined[column] == joined[f"{column}_hour"]).all(), column
+    for column in ("disconnects_per_min", "drops_per_min", "drop_ratio", "rejoin_ratio"):
+        assert np.allclose(joined[column], joined[f"{column}_hour"], equal_nan=True), column
+    assert combined["users_disconnected"].isna().all()
+    # Summing a distinct count would count a player in two windows twice.
+    summed = rates.groupby(["namespace", rates["window_start"].dt.floor("1h")])[
+        "users_disconnected"
+    ].sum()
+    exact = hour_rates.set_index(key)["users_disconnected"]
+    assert (summed.to_numpy() >= exact.to_numpy()).all()
+    assert (summed.to_numpy() > exact.to_numpy()).any()
+
+    outcome_hours = analysis.combine_windows(outcomes, "1h")
+    joined = outcome_hours.merge(hour_outcomes, on=key, suffixes=("", "_hour"))
+    assert len(joined) == len(hour_outcomes) > 0
+    for column in ("disconnects", "rejoined", "dropped", "unresolved", "superseded"):
+        assert (joined[column] == joined[f"{column}_hour"]).all(), column
+    assert np.allclose(
+        joined["cohort_drop_ratio"], joined["cohort_drop_ratio_hour"], equal_nan=True
+    )
+    assert joined["rejoin_seconds_p50"].isna().all()
+    assert reference.NAMES  # the reference made both sides
+    with pytest.raises(ValueError, match="multiple"):
+        analysis.combine_windows(rates, "7min")
+
+
+def test_rollups_load_by_length_and_read_empty_when_missing(tmp_path: Path) -> None:
+    hourly = rates_frame([("a", 0, 30, 6, 24, True), ("a", 60, 10, 1, 9, False)])
+    hourly["window_end"] = hourly["window_start"] + pd.Timedelta(hours=1)
+    daily = outcomes_frame([("a", 0, 40, 33, 7, False)])
+    daily["window_end"] = daily["window_start"] + pd.Timedelta(days=1)
+    out = tmp_path / "out"
+    for name, frame, schema in (
+        ("party_rates_1h", hourly, RATES_SCHEMA),
+        ("disconnect_outcomes_1d", daily, OUTCOMES_SCHEMA),
+    ):
+        ds.write_dataset(
+            pa.Table.from_pandas(frame, schema=schema, preserve_index=False),
+            out / name,
+            format="parquet",
+            partitioning=RATES_PARTITIONING,
+            basename_template="part-{i}.parquet",
+        )
+    (out / "party_rates_30m").mkdir()  # a roll-up without rows yet
+    (out / "party_rates_old").mkdir()  # not a length: not a roll-up
+    loaded = analysis.load_party_rates(out, rollup="1h")
+    assert list(loaded["disconnected"]) == [30, 10]
+    assert analysis.window_length(loaded) == pd.Timedelta(hours=1)
+    outcomes = analysis.load_disconnect_outcomes(out, rollup="1d")
+    assert list(outcomes["dropped"]) == [7]
+    missing = analysis.load_party_rates(out, rollup="1d")
+    assert missing.empty and list(missing.columns) == RATES_SCHEMA.names
+    assert analysis.load_party_rates(out).empty  # the 5-minute dataset is not there
+    assert analysis.rollup_lengths(out) == ["30m", "1h", "1d"]
+    assert analysis.rollup_lengths(tmp_path / "nowhere") == []
+    with pytest.raises(ValueError, match="length"):
+        analysis.load_party_rates(out, rollup="../x")

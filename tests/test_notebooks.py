@@ -15,7 +15,12 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from flows.analysis import load_disconnect_outcomes, load_party_rates
+from flows.analysis import (
+    describe_incidents,
+    find_incidents,
+    load_disconnect_outcomes,
+    load_party_rates,
+)
 from flows.tooling.simulator import SimConfig, generate, produce
 from tests.helpers import REPO, run_cli, run_job
 
@@ -58,6 +63,11 @@ def test_committed_notebook_has_no_outputs() -> None:
         assert cell.execution_count is None, cell.source
     first = code[0].source.splitlines()[0]
     assert first.startswith('OUTPUT = "../demo/output"')
+    # It opens with the incidents: the first section after loading the data.
+    headings = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown"]
+    assert headings[1] == "## Incidents"
+    assert "find_incidents(outcomes)" in code[2].source
+    assert "plot_incidents(outcomes, incidents)" in code[3].source
     text = NOTEBOOK.read_text(encoding="utf-8")
     assert "PARTY_RATES_NOTEBOOK_OUTPUT" in text
     assert "namespace=" not in text  # loads through the package, never by parsing paths
@@ -80,8 +90,9 @@ def test_notebook_runs_on_job_output(output: Path, tmp_path: Path) -> None:
     images = [
         base64.b64decode(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})
     ]
-    # Ranking, rates over time, hour heatmap, cohort vs window, rejoin times, data health.
-    assert len(images) >= 6
+    # Incidents, ranking, rates over time, hour heatmap, cohort vs window, rejoin times,
+    # data health.
+    assert len(images) >= 7
     assert all(img.startswith(PNG_MAGIC) and len(img) > 5_000 for img in images)
     # It read the output it was pointed at, not the demo's.
     rows = len(load_party_rates(output))
@@ -96,6 +107,11 @@ def test_notebook_runs_on_job_output(output: Path, tmp_path: Path) -> None:
     assert "cohort_drop_ratio" in tables and "p50_median" in tables
     finals = outcomes[outcomes["is_final"]]
     assert str(finals["namespace"].iloc[0]) in tables
+    # The incidents of this output, as the package finds them, are what it printed first.
+    lines = describe_incidents(find_incidents(outcomes))
+    first_stream = next(o for o in outputs if o.output_type == "stream")
+    assert first_stream.text.splitlines() == lines
+    assert "roll-ups in this output: ['1h', '1d']" in streams  # the job writes them by default
 
 
 @pytest.mark.broker

@@ -3,7 +3,9 @@
 ``python -m flows.analysis.dictionary`` prints it; ``docs/data_dictionary.md`` is this text, and a
 test fails when the two differ, so the schemas and the dictionary always agree. Column
 meanings come from each field's ``description`` metadata (the same text is in the Parquet
-files); units and null rules are kept here, next to the manifest fields.
+files); how each column of a windowed dataset combines across windows comes from its
+``combine`` (and ``formula``) metadata; units and null rules are kept here, next to the
+manifest fields.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import pyarrow as pa
 
 from schemas.output import (
+    COMBINE_KINDS,
     DEAD_KEY,
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
@@ -165,6 +168,45 @@ RATE_DEFINITIONS = """\
   replaces the row. Rankings and totals should use final rows.
 """
 
+COMBINING = """\
+The last column of the `party_rates` and `disconnect_outcomes` tables says how a column
+combines when windows are put together into hours, days or weeks
+(`flows.analysis.combine_windows` applies it):
+
+- **Adds up**: the counts. A day's `dropped` is the sum of its windows' `dropped`.
+- **Recompute from the summed counts**: the ratios and the rates per minute. A day's drop
+  ratio is its summed `dropped` ÷ its summed `disconnected` (`minutes` is the period's
+  length in minutes); an average of the windows' ratios is not it.
+- **Cannot be combined**: the distinct counts `users_disconnected` and `parties_affected`
+  (a player who disconnected in ten windows is in each of them: the sum counts them ten
+  times) and the percentiles `rejoin_seconds_p50` and `rejoin_seconds_p95`. Read these from
+  a roll-up of the length you need (below): "how many players were hit today" is
+  `users_disconnected` of `party_rates_1d`.
+"""
+
+ROLLUPS = """\
+`party_rates_<length>/` and `disconnect_outcomes_<length>/` (`party_rates_1h/`,
+`party_rates_1d/`, `disconnect_outcomes_1h/`, `disconnect_outcomes_1d/`, …) are the same
+datasets over longer windows, written by the job beside the 5-minute ones when roll-ups are
+on (`--rollups`): the same columns, types, partitioning (`date` is the UTC date of the
+roll-up window's start) and guarantees, one row per (`namespace`, `window_start`) of the
+roll-up window. Counts and ratios can also be had by combining the 5-minute windows as
+above; what only a roll-up has:
+
+- `users_disconnected` and `parties_affected` are the distinct users and parties of the
+  whole roll-up window, each counted once however many of its windows they are in.
+- `rejoin_seconds_p50` and `rejoin_seconds_p95` are percentiles of all the roll-up window's
+  rejoins. They may come from a mergeable sketch rather than every rejoin time: then they
+  are within 1 % of the exact percentile (relative error).
+- `is_final` means the same as in the 5-minute datasets, at the roll-up window's end: a
+  day's row stays provisional until the watermark passes the day's end (for
+  `disconnect_outcomes_1d`, the day's end plus the outcome horizon).
+
+Read them with `flows.analysis.load_party_rates(output, rollup="1d")` and
+`load_disconnect_outcomes(output, rollup="1h")` (an empty frame when the output has none);
+`flows.analysis.rollup_lengths(output)` lists the lengths an output has.
+"""
+
 
 def _type(t: pa.DataType) -> str:
     return str(t)
@@ -187,18 +229,34 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def combine_text(field: pa.Field) -> str:
+    """How a windowed column combines across windows, from its ``combine`` metadata."""
+    meta = field.metadata or {}
+    kind = meta.get(b"combine", b"").decode("utf-8")
+    if not kind:
+        return "—"
+    text = COMBINE_KINDS[kind]
+    if kind == "recompute":
+        return f"{text}: `{meta[b'formula'].decode('utf-8')}`"
+    return text
+
+
 def column_table(dataset: str, schema: pa.Schema, in_path: tuple[str, ...] = ()) -> str:
-    """A markdown table of ``schema``'s columns: type, unit, null rule, meaning."""
-    lines = [
-        "| column | type | unit | null | meaning |",
-        "|---|---|---|---|---|",
-    ]
+    """A markdown table of ``schema``'s columns: type, unit, null rule, meaning, and for a
+    windowed dataset how each column combines across windows."""
+    windowed = any(b"combine" in (f.metadata or {}) for f in schema)
+    header = "| column | type | unit | null | meaning |"
+    if windowed:
+        header += " across windows |"
+    lines = [header, "|---|---|---|---|---|" + ("---|" if windowed else "")]
     for field in schema:
         name = f"`{field.name}`" + (" (in the path)" if field.name in in_path else "")
         unit = UNITS.get(field.name, "—")
         null = _null_rule(dataset, field, field.name in in_path)
         row = [name, f"`{_type(field.type)}`", unit, null]
         row.append(_description(field))
+        if windowed:
+            row.append(combine_text(field))
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     return "\n".join(lines)
 
@@ -235,6 +293,8 @@ def render_data_dictionary() -> str:
         column_table("party_rates", RATES_SCHEMA, partition_columns),
         "### Rate definitions",
         RATE_DEFINITIONS.rstrip("\n"),
+        "### Combining windows",
+        COMBINING.rstrip("\n"),
         "## `disconnect_outcomes/`",
         "`disconnect_outcomes/namespace=<ns>/date=<YYYY-MM-DD>/part-0.parquet`, partitioned "
         "like `party_rates`: one row per (namespace, window of the disconnects). Each "
@@ -249,6 +309,8 @@ def render_data_dictionary() -> str:
         "`cohort_drop_ratio` is the unbiased counterpart of `party_rates.drop_ratio`: it "
         "follows this window's own disconnects to their outcome.",
         column_table("disconnect_outcomes", OUTCOMES_SCHEMA, partition_columns),
+        "## Roll-ups: `party_rates_<length>/`, `disconnect_outcomes_<length>/`",
+        ROLLUPS.rstrip("\n"),
         "## `late_events/`",
         "Events of the four counted names that came too late to be counted: more than the "
         "allowed lateness behind the newest event already read from their partition, so their "

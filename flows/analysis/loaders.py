@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from schemas.output import (
+    COMBINE_KINDS,
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
     OUTCOMES_SCHEMA,
@@ -29,6 +31,7 @@ from schemas.output import (
 )
 
 __all__ = [
+    "COMBINE_RULES",
     "COUNT_COLUMNS",
     "DEFAULT_OUTCOME_HORIZON",
     "MANIFEST_COUNTS",
@@ -36,6 +39,8 @@ __all__ = [
     "TimeLike",
     "cohort_summary",
     "cohort_vs_window",
+    "combine_rule",
+    "combine_windows",
     "dead_letter_reasons",
     "drop_ratio_by_hour",
     "error_reason",
@@ -53,6 +58,7 @@ __all__ = [
     "rank_namespaces",
     "rejoin_time_summary",
     "rejoin_time_windows",
+    "rollup_lengths",
     "runs_frame",
     "utc_timestamp",
     "wilson_interval",
@@ -94,32 +100,89 @@ def _under(output: str | Path, name: str, filesystem: pafs.FileSystem | None) ->
     return posixpath.join(str(output).rstrip("/"), name)
 
 
+_ROLLUP = re.compile(r"[0-9]+[a-z]+")
+
+
+def _windowed(name: str, rollup: str | None) -> str:
+    """``party_rates`` or a roll-up of it such as ``party_rates_1h`` (same for outcomes)."""
+    if rollup is None:
+        return name
+    if not _ROLLUP.fullmatch(rollup):
+        raise ValueError(f"a roll-up is named by its length, like '1h' or '1d', not {rollup!r}")
+    return f"{name}_{rollup}"
+
+
 def load_party_rates_table(
-    output: str | Path, filesystem: pafs.FileSystem | None = None
+    output: str | Path,
+    filesystem: pafs.FileSystem | None = None,
+    *,
+    rollup: str | None = None,
 ) -> pa.Table:
     """``party_rates`` as an Arrow table with the contract's schema.
 
     ``output`` is a local directory, or with ``filesystem`` (a ``pyarrow.fs`` filesystem,
     e.g. ``S3FileSystem``) a path in it, like ``bucket/prefix`` for ``s3://bucket/prefix``.
-    The other loaders take the same two arguments.
+    The other loaders take the same two arguments. ``rollup`` (``"1h"``, ``"1d"``) reads
+    the roll-up of that length instead (``party_rates_1h/``): the same columns, one row per
+    namespace and roll-up window. A dataset that does not exist reads as an empty table.
     """
-    path = _under(output, "party_rates", filesystem)
+    path = _under(output, _windowed("party_rates", rollup), filesystem)
     return _dataset(path, RATES_SCHEMA, RATES_PARTITIONING, filesystem)
 
 
-def load_party_rates(output: str | Path, filesystem: pafs.FileSystem | None = None) -> pd.DataFrame:
-    """``party_rates`` as a DataFrame sorted by namespace and window_start."""
-    df = load_party_rates_table(output, filesystem).to_pandas()
+def load_party_rates(
+    output: str | Path,
+    filesystem: pafs.FileSystem | None = None,
+    *,
+    rollup: str | None = None,
+) -> pd.DataFrame:
+    """``party_rates`` (or with ``rollup``, e.g. ``"1d"``, its roll-up ``party_rates_1d``)
+    as a DataFrame sorted by namespace and window_start."""
+    df = load_party_rates_table(output, filesystem, rollup=rollup).to_pandas()
     return df.sort_values(["namespace", "window_start"], ignore_index=True)
 
 
 def load_disconnect_outcomes(
-    output: str | Path, filesystem: pafs.FileSystem | None = None
+    output: str | Path,
+    filesystem: pafs.FileSystem | None = None,
+    *,
+    rollup: str | None = None,
 ) -> pd.DataFrame:
-    """``disconnect_outcomes`` as a DataFrame sorted by namespace and window_start."""
-    path = _under(output, "disconnect_outcomes", filesystem)
+    """``disconnect_outcomes`` (or with ``rollup``, e.g. ``"1h"``, its roll-up
+    ``disconnect_outcomes_1h``) as a DataFrame sorted by namespace and window_start."""
+    path = _under(output, _windowed("disconnect_outcomes", rollup), filesystem)
     table = _dataset(path, OUTCOMES_SCHEMA, RATES_PARTITIONING, filesystem)
     return table.to_pandas().sort_values(["namespace", "window_start"], ignore_index=True)
+
+
+def rollup_lengths(output: str | Path, filesystem: pafs.FileSystem | None = None) -> list[str]:
+    """The roll-up lengths the output has (``["1h", "1d"]``), shortest first: those with a
+    ``party_rates_<length>/`` or ``disconnect_outcomes_<length>/`` directory."""
+    if filesystem is None:
+        root = Path(output)
+        names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    else:
+        selector = pafs.FileSelector(str(output).rstrip("/"), allow_not_found=True)
+        names = [
+            posixpath.basename(info.path)
+            for info in filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.Directory
+        ]
+    lengths = set()
+    for name in names:
+        for prefix in ("party_rates_", "disconnect_outcomes_"):
+            rest = name.removeprefix(prefix)
+            if rest != name and _ROLLUP.fullmatch(rest):
+                lengths.add(rest)
+
+    units = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+    def seconds(length: str) -> float:
+        unit = length.lstrip("0123456789")
+        number = int(length[: len(length) - len(unit)])
+        return number * units[unit] if unit in units else float("inf")
+
+    return sorted(lengths, key=lambda n: (seconds(n), n))
 
 
 def load_late_events(output: str | Path, filesystem: pafs.FileSystem | None = None) -> pd.DataFrame:
@@ -159,6 +222,67 @@ def worst_namespaces(rates: pd.DataFrame, top: int = 10, min_disconnects: int = 
     agg["drop_ratio"] = agg["dropped"] / agg["disconnected"]
     agg["rejoin_ratio"] = agg["rejoined"] / agg["disconnected"]
     return agg.sort_values("drop_ratio", ascending=False).head(top)
+
+
+# --- combining windows ------------------------------------------------------------------
+
+COMBINE_RULES = COMBINE_KINDS
+"""How a column combines across windows, by kind (the ``combine`` metadata of the schema)."""
+
+
+def combine_rule(column: str, schema: pa.Schema = RATES_SCHEMA) -> tuple[str, str | None]:
+    """The ``combine`` kind of a windowed dataset's column and, for ``recompute``, its
+    formula over the summed columns (``minutes``: the combined period's minutes)."""
+    meta = schema.field(column).metadata or {}
+    formula = meta.get(b"formula")
+    return meta[b"combine"].decode(), None if formula is None else formula.decode()
+
+
+def combine_windows(
+    frame: pd.DataFrame, freq: str | pd.Timedelta = "1h", schema: pa.Schema | None = None
+) -> pd.DataFrame:
+    """Windows of ``party_rates`` or ``disconnect_outcomes`` combined into ``freq``-long
+    periods aligned to the UTC epoch, one row per (namespace, period), by each column's
+    ``combine`` rule: counts summed, ratios and per-minute rates recomputed from the summed
+    counts (null where the denominator is 0), ``is_final`` true when every window is.
+    Distinct counts and percentiles cannot be combined: they come out null (read a roll-up
+    for them). ``window_start``/``window_end`` are the period's bounds. ``schema`` defaults
+    to the one whose columns the frame has.
+    """
+    if schema is None:
+        schema = OUTCOMES_SCHEMA if "cohort_drop_ratio" in frame.columns else RATES_SCHEMA
+    step = pd.Timedelta(freq)
+    length = window_length(frame)
+    if step < length or step % length:
+        raise ValueError(f"freq {freq!r} is not a multiple of the windows ({length})")
+    epoch = pd.Timestamp(0, tz="UTC")
+    columns = [f.name for f in schema if f.name in frame.columns]
+    df = frame.assign(
+        namespace=frame["namespace"].astype(str),
+        window_start=epoch + ((frame["window_start"] - epoch) // step) * step,
+    )
+    rules = {c: combine_rule(c, schema) for c in columns}
+    sums = [c for c, (kind, _) in rules.items() if kind == "sum"]
+    grouped = df.groupby(["namespace", "window_start"], sort=True)
+    out = grouped[sums].sum()
+    if "is_final" in columns:
+        out["is_final"] = grouped["is_final"].all()
+    out = out.reset_index()
+    minutes = step / pd.Timedelta(minutes=1)
+    for column, (kind, formula) in rules.items():
+        if kind == "recompute":
+            assert formula is not None
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = out.assign(minutes=minutes).eval(formula, engine="python")
+            out[column] = value.astype(float).replace([np.inf, -np.inf], np.nan)
+        elif kind in ("distinct", "percentile"):
+            out[column] = pd.Series(
+                pd.NA, index=out.index, dtype="Int64" if kind == "distinct" else "Float64"
+            )
+    out["window_end"] = out["window_start"] + step
+    if "date" in columns:
+        out["date"] = out["window_start"].dt.date
+    return out[columns]
 
 
 # --- time ranges -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from flows.analysis.incidents import incident_series
 from flows.analysis.loaders import (
     cohort_summary,
     cohort_vs_window,
@@ -520,4 +521,106 @@ def plot_rejoin_times(
         frameon=False,
     )
     ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+INCIDENT_RATIO = "cohort drop ratio per window"
+INCIDENT_BASELINE = "baseline (the namespace's own ratio outside the incident)"
+INCIDENT_BAND = "99% of windows at the baseline fall here"
+INCIDENT_SPAN = "incident"
+
+
+def plot_incidents(
+    outcomes: pd.DataFrame,
+    incidents: pd.DataFrame,
+    *,
+    top: int = 6,
+    margin: str = "3h",
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Each incident against its baseline: two panels per incident (the ``top`` strongest).
+
+    Upper panel: the namespace's cohort drop ratio window by window from ``margin`` before
+    the incident to ``margin`` after (final ``disconnect_outcomes`` rows), its baseline as a
+    dashed line, the band where 99% of windows at the baseline would fall (it widens where
+    a window has few decided disconnects), and the incident shaded. Lower panel: the
+    decided disconnects per window (rejoined + dropped) and the dropped ones. Without
+    incidents the figure says so.
+    """
+    rows = incidents.head(top)
+    count = len(rows)
+    fig = Figure(figsize=figsize or (11, 1.2 + 3.6 * max(count, 1)), layout="constrained")
+    if count == 0:
+        ax = fig.subplots()
+        searched_from = incidents.attrs.get("searched_from")
+        searched_to = incidents.attrs.get("searched_to")
+        text = "No incident"
+        if searched_from is not None and searched_to is not None:
+            text += (
+                f" in the final windows from {searched_from:%Y-%m-%d %H:%M} "
+                f"to {searched_to:%Y-%m-%d %H:%M} UTC"
+            )
+        _empty(ax, text)
+        return fig
+    grid = fig.add_gridspec(2 * count, 1, height_ratios=[3, 1] * count)
+    for i, (_, incident) in enumerate(rows.iterrows()):
+        ax_ratio = fig.add_subplot(grid[2 * i, 0])
+        ax_volume = fig.add_subplot(grid[2 * i + 1, 0], sharex=ax_ratio)
+        series = incident_series(outcomes, incident, margin)
+        step = series["bucket"].diff().min() if len(series) > 1 else pd.Timedelta(minutes=5)
+        x = series["bucket"] + step / 2  # at the middle of each window
+        ax_ratio.fill_between(
+            x, series["low"], series["high"], step="mid", color="0.85", label=INCIDENT_BAND
+        )
+        ax_ratio.axhline(
+            float(incident["baseline"]), color="0.3", linestyle="--", linewidth=1.2,
+            label=INCIDENT_BASELINE,
+        )  # fmt: skip
+        ax_ratio.axvspan(
+            incident["start"], incident["end"], color=_COHORT_COLOR, alpha=0.12,
+            label=INCIDENT_SPAN,
+        )  # fmt: skip
+        ax_ratio.plot(
+            x, series["drop_ratio"], color=_COHORT_COLOR, marker="o", markersize=3,
+            linewidth=1.2, label=INCIDENT_RATIO,
+        )  # fmt: skip
+        ax_ratio.set_ylim(0, 1)
+        ax_ratio.set_ylabel("dropped / decided", fontsize=8)
+        ax_ratio.grid(True, alpha=0.3)
+        ax_ratio.tick_params(labelbottom=False)
+        minutes = int((incident["end"] - incident["start"]) / pd.Timedelta(minutes=1))
+        ax_ratio.set_title(
+            f"{incident['namespace']}: {incident['start']:%Y-%m-%d %H:%M} to "
+            f"{incident['end']:%H:%M} UTC ({minutes} min): drop ratio "
+            f"{incident['drop_ratio']:.2f} against its usual {incident['baseline']:.2f} "
+            f"({incident['strength']:.1f} times), {int(incident['dropped']):,} of "
+            f"{int(incident['decided']):,} decided disconnects dropped",
+            loc="left",
+            fontsize=9,
+        )
+        ax_volume.bar(x, series["decided"], width=step * 0.9, color="0.7", label="decided")
+        ax_volume.bar(x, series["dropped"], width=step * 0.9, color=_COHORT_COLOR, label="dropped")
+        ax_volume.axvspan(incident["start"], incident["end"], color=_COHORT_COLOR, alpha=0.12)
+        ax_volume.set_ylabel("per window", fontsize=8)
+        ax_volume.grid(True, axis="y", alpha=0.3)
+        locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
+        ax_volume.xaxis.set_major_locator(locator)
+        ax_volume.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz="UTC"))
+    first_ratio, first_volume = fig.axes[0], fig.axes[1]
+    handles, labels = first_ratio.get_legend_handles_labels()
+    more, more_labels = first_volume.get_legend_handles_labels()
+    fig.legend(
+        handles + more,
+        labels + [f"{label} disconnects per window" for label in more_labels],
+        loc="outside lower center",
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
+    fig.suptitle(
+        "Incidents: the cohort drop ratio against the namespace's own baseline (UTC)",
+        x=0.01,
+        horizontalalignment="left",
+        fontsize=11,
+    )
     return fig

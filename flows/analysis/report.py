@@ -1,10 +1,11 @@
 """A static HTML report of an output directory: one file, the plots embedded as PNG.
 
-``party-rates report --output DIR`` calls :func:`render_report`. The page holds the
-headline numbers, the worst namespaces, the rates over time, the hour-of-day heatmap, the
-cohort drop ratio beside the window drop ratio and the rejoin times (from
-``disconnect_outcomes/``, when the output has it) and the data health (late events, dead
-letters, runs); it needs no server and no other file.
+``party-rates report --output DIR`` calls :func:`render_report`. The page opens with the
+incidents (:func:`flows.analysis.find_incidents`: what happened, and each incident against
+its baseline), then holds the headline numbers, the worst namespaces, the rates over time,
+the hour-of-day heatmap, the cohort drop ratio beside the window drop ratio and the rejoin
+times (from ``disconnect_outcomes/``, when the output has it) and the data health (late
+events, dead letters, runs); it needs no server and no other file.
 """
 
 from __future__ import annotations
@@ -184,6 +185,64 @@ def _outcomes_sections(
     ]
 
 
+def _incidents_section(outcomes: pd.DataFrame, incidents: pd.DataFrame) -> list[str]:
+    """What happened: the incidents found, each against its baseline, or a line saying
+    there was none (or nothing to search)."""
+    heading = "<h2>Incidents</h2>"
+    if outcomes.empty:
+        return [
+            heading,
+            '<p class="muted">Incidents are found in <code>disconnect_outcomes/</code>, which '
+            "this output does not have (it was written before the dataset existed, or no "
+            "disconnect has been read yet).</p>",
+        ]
+    lines = analysis.describe_incidents(incidents)
+    fdr = float(incidents.attrs.get("fdr", 0.01))
+    strength = float(incidents.attrs.get("min_strength", 1.5))
+    parts = [
+        heading,
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>",
+        '<div class="note"><p><b>How incidents are found.</b> For each namespace, every '
+        "one-hour stretch (starting every half hour) of its final "
+        "<code>disconnect_outcomes/</code> windows is compared with the namespace's own "
+        "baseline: its cohort drop ratio (dropped ÷ decided disconnects) over the rest of the "
+        "range, leaving out an hour either side and the incidents found. The test is a "
+        "one-sided binomial test on the decided disconnects divided by the namespace's "
+        "dispersion (how much more its drop counts vary than independent disconnects would: "
+        "a flapping player's disconnects are not independent). Across all namespaces and "
+        f"stretches, the Benjamini-Hochberg procedure keeps the false discovery rate at "
+        f"{fdr:.0%}; a stretch also needs a drop ratio at least {strength:g} times its "
+        "baseline. An incident's start and end are the windows that best separate it from "
+        "the baseline. <b>Strength</b> is its drop ratio ÷ the baseline. The cohort ratio is "
+        "used because each outcome counts in the window of its disconnect, so an incident "
+        "starts and ends where its disconnects do; its rows are final an outcome horizon "
+        "after their window, so the newest hour or so is not searched yet.</p></div>",
+    ]
+    if not incidents.empty:
+        parts.append(
+            _img(plots.plot_incidents(outcomes, incidents), "incidents against their baseline")
+        )
+        table = incidents.copy()
+        table["start"] = table["start"].map(_fmt_time)
+        table["end"] = table["end"].map(_fmt_time)
+        ratio = "{:.3f}".format
+        parts.append(
+            _table(
+                table,
+                {
+                    "drop_ratio": ratio,
+                    "baseline": ratio,
+                    "strength": "{:.1f}".format,
+                    "excess_drops": "{:,.0f}".format,
+                    "z": "{:.1f}".format,
+                    "q_value": "{:.1e}".format,
+                    "dispersion": "{:.2f}".format,
+                },
+            )
+        )
+    return parts
+
+
 def _overview(rates: pd.DataFrame, runs: pd.DataFrame) -> str:
     o = analysis.overview(rates)
     items = [
@@ -204,8 +263,9 @@ def _overview(rates: pd.DataFrame, runs: pd.DataFrame) -> str:
     return f"<table>{rows}</table>"
 
 
-def render_report(output: Path, dest: Path) -> None:
-    """Write the HTML report of the output directory ``output`` to ``dest``."""
+def render_report(output: Path, dest: Path) -> pd.DataFrame:
+    """Write the HTML report of the output directory ``output`` to ``dest``; return the
+    incidents it found (:func:`flows.analysis.find_incidents`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,6 +278,7 @@ def render_report(output: Path, dest: Path) -> None:
     runs = analysis.runs_frame(manifests)
     ranked = analysis.rank_namespaces(rates)
     worst = list(ranked["namespace"].head(TOP_SERIES))
+    incidents = analysis.find_incidents(outcomes)
 
     times = {"started_at": _fmt_time, "ended_at": _fmt_time}
     reasons = analysis.dead_letter_reasons(dead)
@@ -228,6 +289,7 @@ def render_report(output: Path, dest: Path) -> None:
         f"<style>{CSS}</style></head><body>",
         "<h1>Party health report</h1>",
         f'<p class="muted">Output directory: <code>{html.escape(str(output))}</code></p>',
+        *_incidents_section(outcomes, incidents),
         "<h2>Overview</h2>",
         _overview(rates, runs),
         '<div class="note"><p><b>How to read the rates.</b> <code>drop_ratio</code> compares the '
@@ -266,6 +328,7 @@ def render_report(output: Path, dest: Path) -> None:
     ]
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return incidents
 
 
 def save_main_plot(
