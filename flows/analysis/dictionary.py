@@ -196,8 +196,7 @@ above; what only a roll-up has:
 - `users_disconnected` and `parties_affected` are the distinct users and parties of the
   whole roll-up window, each counted once however many of its windows they are in.
 - `rejoin_seconds_p50` and `rejoin_seconds_p95` are percentiles of all the roll-up window's
-  rejoins. They may come from a mergeable sketch rather than every rejoin time: then they
-  are within 1 % of the exact percentile (relative error).
+  rejoins, computed over every rejoin time (exact, interpolated as in the 5-minute rows).
 - `is_final` means the same as in the 5-minute datasets, at the roll-up window's end: a
   day's row stays provisional until the watermark passes the day's end (for
   `disconnect_outcomes_1d`, the day's end plus the outcome horizon).
