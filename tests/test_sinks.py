@@ -147,7 +147,7 @@ def test_stale_temporary_files_are_removed_and_real_files_kept(tmp_path: Path) -
 
 
 class BrokenStorage(Storage):
-    def write_table(self, relpath: str, table: object) -> None:
+    def write_tables(self, tables: object) -> None:
         raise StorageError("object store s3://b/p: cannot connect (check --s3-endpoint)")
 
 

@@ -26,36 +26,50 @@ import numpy as np
 from flows.core.items import Report, RollupPart, WindowPart
 from flows.core.outcomes import OutcomeAgg
 
-_COMPACT_AT = 16  # arrays waiting to be joined before they are
-
 
 class _Distinct:
-    """Distinct 64-bit hashes: a sorted unique array, and arrays not joined to it yet."""
+    """Distinct 64-bit hashes: a sorted unique array, and a set of the latest ones.
 
-    __slots__ = ("done", "waiting")
+    A window adds a few hashes per shard: they join a set (cheap for a few); once the set
+    is large it is folded into the sorted array (8 bytes a hash, cheap to keep for a day
+    and to snapshot).
+    """
+
+    __slots__ = ("done", "recent")
 
     def __init__(self) -> None:
         self.done = np.empty(0, dtype=np.uint64)
-        self.waiting: list[np.ndarray] = []
+        self.recent: set[int] = set()
 
     def add(self, hashes: set[int]) -> None:
-        if hashes:
-            self.waiting.append(np.fromiter(hashes, dtype=np.uint64, count=len(hashes)))
-            if len(self.waiting) >= _COMPACT_AT:
-                self.compact()
+        self.recent |= hashes
+        if len(self.recent) > _FOLD_AT:
+            self.done = np.union1d(self.done, _array(self.recent))
+            self.recent = set()
 
-    def compact(self) -> np.ndarray:
-        if self.waiting:
-            self.done = np.unique(np.concatenate([self.done, *self.waiting]))
-            self.waiting = []
-        return self.done
+    def absorb(self, other: _Distinct) -> None:
+        if other.done.size:
+            self.done = np.union1d(self.done, other.done) if self.done.size else other.done
+        self.add(other.recent)
 
-    def count(self, also: set[int] | None = None) -> int:
-        done = self.compact()
-        if not also:
-            return int(done.size)
-        extra = np.fromiter(also, dtype=np.uint64, count=len(also))
-        return int(np.union1d(done, extra).size)
+    def copy(self) -> _Distinct:
+        out = _Distinct()
+        out.done, out.recent = self.done, set(self.recent)  # arrays are never changed
+        return out
+
+    def count(self) -> int:
+        if not self.recent:
+            return int(self.done.size)
+        if not self.done.size:
+            return len(self.recent)
+        return int(np.union1d(self.done, _array(self.recent)).size)
+
+
+_FOLD_AT = 4096
+
+
+def _array(hashes: set[int]) -> np.ndarray:
+    return np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
 
 
 class RollupRates:
@@ -74,18 +88,25 @@ class RollupRates:
         self.users.add(window[4])
         self.parties.add(window[5])
 
-    def summary(self, open_windows: list[WindowPart] | None = None) -> tuple[int, ...]:
-        """The roll-up's (counts, distinct users, distinct parties), with base windows not
-        closed yet (provisional) taken in."""
-        counts = list(self.counts)
-        users: set[int] = set()
-        parties: set[int] = set()
-        for window in open_windows or []:
-            for kind in range(4):
-                counts[kind] += window[kind]
-            users |= window[4]
-            parties |= window[5]
-        return (*counts, self.users.count(users), self.parties.count(parties))
+    def absorb(self, other: RollupRates) -> None:
+        """Add a shorter roll-up window's content (it ended inside this one)."""
+        for kind in range(4):
+            self.counts[kind] += other.counts[kind]
+        self.users.absorb(other.users)
+        self.parties.absorb(other.parties)
+
+    def copy(self) -> RollupRates:
+        out = RollupRates()
+        out.counts, out.users, out.parties = (
+            list(self.counts),
+            self.users.copy(),
+            self.parties.copy(),
+        )
+        return out
+
+    def summary(self) -> tuple[int, ...]:
+        """(counts, distinct users, distinct parties)."""
+        return (*self.counts, self.users.count(), self.parties.count())
 
 
 class RollupOutcomes:
@@ -97,85 +118,117 @@ class RollupOutcomes:
         self.agg = OutcomeAgg()  # its rejoin_s stays empty: the times are kept below
         self.rejoin_s = array("d")
 
-    def add(self, agg: OutcomeAgg) -> None:
+    def add(self, fields: tuple[Any, ...]) -> None:
+        """A base window's outcome aggregate, as ``OutcomeAgg.fields()``."""
         a = self.agg
-        a.disconnects += agg.disconnects
-        a.rejoined += agg.rejoined
-        a.dropped += agg.dropped
-        a.unresolved += agg.unresolved
-        a.superseded += agg.superseded
-        a.orphans += agg.orphans
-        self.rejoin_s.extend(agg.rejoin_s)
+        a.disconnects += fields[0]
+        a.rejoined += fields[1]
+        a.dropped += fields[2]
+        a.unresolved += fields[3]
+        a.superseded += fields[4]
+        a.orphans += fields[5]
+        self.rejoin_s.extend(fields[6])
 
-    def fields(self, open_aggs: list[OutcomeAgg] | None = None) -> tuple[Any, ...]:
-        out = OutcomeAgg.of(self.agg.fields())
-        out.rejoin_s = self.rejoin_s.tolist()
-        for agg in open_aggs or []:
-            out = out.merge(agg)
-        return out.fields()
+    def absorb(self, other: RollupOutcomes) -> None:
+        self.add((*other.agg.fields()[:6], other.rejoin_s))
+
+    def copy(self) -> RollupOutcomes:
+        out = RollupOutcomes()
+        out.add((*self.agg.fields()[:6], self.rejoin_s))
+        return out
+
+    def fields(self) -> tuple[Any, ...]:
+        return (*self.agg.fields()[:6], self.rejoin_s.tolist())
 
 
 class Rollups:
-    """One shard's open roll-up windows, of every roll-up length."""
+    """One shard's open roll-up windows, of every roll-up length.
+
+    A length that is a multiple of a shorter one is built from it (a day from its hours,
+    once each hour is final), the others from the base windows: fewer, larger additions.
+    """
 
     def __init__(self, lengths: tuple[int, ...], horizon_us: int) -> None:
-        self.lengths = lengths
+        self.lengths = tuple(sorted(lengths))
         self.horizon_us = horizon_us
+        self.source: dict[int, int | None] = {}  # length -> the length it is built from
+        for i, length in enumerate(self.lengths):
+            shorter = [s for s in self.lengths[:i] if length % s == 0]
+            self.source[length] = shorter[-1] if shorter else None
+        self.from_base = [n for n in self.lengths if self.source[n] is None]
         self.rates: dict[tuple[int, int], RollupRates] = {}  # (length, start) ->
         self.outcomes: dict[tuple[int, int], RollupOutcomes] = {}
 
+    def _fed(self, length: int) -> list[int]:
+        return [n for n in self.lengths if self.source[n] == length]
+
     def window_closed(self, start: int, window: WindowPart) -> None:
-        for length in self.lengths:
+        for length in self.from_base:
             key = (length, start - start % length)
             acc = self.rates.get(key)
             if acc is None:
                 acc = self.rates[key] = RollupRates()
             acc.add(window)
 
-    def outcome_final(self, start: int, agg: OutcomeAgg) -> None:
-        for length in self.lengths:
+    def outcome_final(self, start: int, fields: tuple[Any, ...]) -> None:
+        """A base window's final outcome aggregate (``OutcomeAgg.fields()``)."""
+        for length in self.from_base:
             key = (length, start - start % length)
             acc = self.outcomes.get(key)
             if acc is None:
                 acc = self.outcomes[key] = RollupOutcomes()
-            acc.add(agg)
+            acc.add(fields)
 
     def final(
         self, closed_until: int
     ) -> tuple[dict[tuple[int, int], tuple[int, ...]], dict[tuple[int, int], tuple[Any, ...]]]:
-        """Roll-ups that ``closed_until`` made final, removed from the state."""
-        rates = {
-            key: self.rates.pop(key).summary()
-            for key in sorted(k for k in self.rates if k[1] + k[0] <= closed_until)
-        }
+        """Roll-ups that ``closed_until`` made final, removed from the state (each added to
+        the longer roll-ups built from it first)."""
+        rates: dict[tuple[int, int], tuple[int, ...]] = {}
+        outcomes: dict[tuple[int, int], tuple[Any, ...]] = {}
         horizon = self.horizon_us
-        outcomes = {
-            key: self.outcomes.pop(key).fields()
-            for key in sorted(k for k in self.outcomes if k[1] + k[0] + horizon <= closed_until)
-        }
+        for length in self.lengths:  # shortest first: an hour joins its day before the day
+            fed = self._fed(length)
+            for key in sorted(k for k in self.rates if k[0] == length and sum(k) <= closed_until):
+                acc = self.rates.pop(key)
+                rates[key] = acc.summary()
+                for longer in fed:
+                    start = key[1] - key[1] % longer
+                    self.rates.setdefault((longer, start), RollupRates()).absorb(acc)
+            done = [k for k in self.outcomes if k[0] == length and sum(k) + horizon <= closed_until]
+            for key in sorted(done):
+                out = self.outcomes.pop(key)
+                outcomes[key] = out.fields()
+                for longer in fed:
+                    start = key[1] - key[1] % longer
+                    self.outcomes.setdefault((longer, start), RollupOutcomes()).absorb(out)
         return rates, outcomes
 
     def provisional(
         self, open_windows: dict[int, WindowPart], open_aggs: dict[int, OutcomeAgg]
     ) -> tuple[dict[tuple[int, int], tuple[int, ...]], dict[tuple[int, int], tuple[Any, ...]]]:
-        """Every roll-up not final yet, with the base windows and outcome aggregates still
-        open taken in."""
-        windows_in: dict[tuple[int, int], list[WindowPart]] = {}
-        aggs_in: dict[tuple[int, int], list[OutcomeAgg]] = {}
+        """Every roll-up not final yet, with what is still open inside it taken in: base
+        windows and outcome aggregates, and the shorter roll-ups it is built from."""
+        rates = {k: acc.copy() for k, acc in self.rates.items()}
+        outcomes = {k: acc.copy() for k, acc in self.outcomes.items()}
         for length in self.lengths:
-            for start, window in open_windows.items():
-                windows_in.setdefault((length, start - start % length), []).append(window)
-            for start, agg in open_aggs.items():
-                aggs_in.setdefault((length, start - start % length), []).append(agg)
-        rates = {
-            key: self.rates.get(key, RollupRates()).summary(windows_in.get(key, []))
-            for key in sorted(set(self.rates) | set(windows_in))
-        }
-        outcomes = {
-            key: self.outcomes.get(key, RollupOutcomes()).fields(aggs_in.get(key, []))
-            for key in sorted(set(self.outcomes) | set(aggs_in))
-        }
-        return rates, outcomes
+            source = self.source[length]
+            if source is None:
+                for start, window in open_windows.items():
+                    key = (length, start - start % length)
+                    rates.setdefault(key, RollupRates()).add(window)
+                for start, agg in open_aggs.items():
+                    key = (length, start - start % length)
+                    outcomes.setdefault(key, RollupOutcomes()).add(agg.fields())
+                continue
+            for (_n, s), acc in [(k, a) for k, a in rates.items() if k[0] == source]:
+                rates.setdefault((length, s - s % length), RollupRates()).absorb(acc)
+            for (_n, s), out in [(k, a) for k, a in outcomes.items() if k[0] == source]:
+                outcomes.setdefault((length, s - s % length), RollupOutcomes()).absorb(out)
+        return (
+            {k: acc.summary() for k, acc in sorted(rates.items())},
+            {k: acc.fields() for k, acc in sorted(outcomes.items())},
+        )
 
 
 class ShardRollups:
@@ -201,7 +254,7 @@ class ShardRollups:
         for start, window in part.windows.items():
             rollups.window_closed(start, window)
         for start, fields in part.outcomes.items():
-            rollups.outcome_final(start, OutcomeAgg.of(fields))
+            rollups.outcome_final(start, fields)
         rates, outcomes = rollups.final(part.closed_until)
         return [
             Report(

@@ -246,17 +246,20 @@ class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
         assert self.newest_day is not None
         spec = self.sink.spec
         settled = self.newest_day - timedelta(days=1)
-        for relpath, rows in list(self.buffer.items()):
+        done = []
+        for relpath, rows in self.buffer.items():
             days = [spec.day(row) for row in rows.values()]
             if all(d is not None and d <= settled for d in days):
-                write_merged(self.sink.storage, relpath, rows.values(), spec)
-                self.buffered -= len(rows)
-                del self.buffer[relpath]
+                done.append(relpath)
+        write_files(self.sink.storage, [(r, self.buffer[r].values()) for r in done], spec)
+        for relpath in done:
+            self.buffered -= len(self.buffer.pop(relpath))
 
     def flush(self) -> None:
         spec = self.sink.spec
-        for relpath, rows in sorted(self.buffer.items()):
-            write_merged(self.sink.storage, relpath, rows.values(), spec)
+        write_files(
+            self.sink.storage, [(r, rows.values()) for r, rows in sorted(self.buffer.items())], spec
+        )
         self.buffer = {}
         self.buffered = 0
         self.last_flush = time.monotonic()
@@ -271,11 +274,34 @@ class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
             end_of_run_failure(err)
 
 
+def write_files(
+    storage: Storage, files: list[tuple[str, Iterable[FileRow]]], spec: DatasetSpec
+) -> None:
+    """Merge rows into their files by key and replace the files that change, each
+    atomically, in one write (see ``Storage.write_tables``)."""
+    tables = []
+    for relpath, rows in files:
+        table = merged_table(storage, relpath, rows, spec)
+        if table is not None:
+            tables.append((relpath, table))
+    if tables:
+        storage.write_tables(tables)
+    for _relpath, table in tables:
+        METRICS.wrote(spec.name, table.num_rows)
+
+
 def write_merged(
     storage: Storage, relpath: str, new_rows: Iterable[FileRow], spec: DatasetSpec
 ) -> None:
     """Merge rows into the file at ``relpath`` by key and replace it atomically; a file
     that would not change is left alone."""
+    write_files(storage, [(relpath, new_rows)], spec)
+
+
+def merged_table(
+    storage: Storage, relpath: str, new_rows: Iterable[FileRow], spec: DatasetSpec
+) -> pa.Table | None:
+    """The file's rows merged with ``new_rows`` by key, or None if that changes nothing."""
     merged: dict[Any, FileRow] = {}
     existing = storage.read_table(relpath, spec.file_schema)
     if existing is None:
@@ -289,13 +315,12 @@ def write_merged(
         for row in new_rows:
             changed = merge_into(merged, row, spec) or changed
         if not changed:
-            return
+            return None
     ordered = [merged[k] for k in sorted(merged, key=_sort_key)]
     schema = spec.file_schema
     columns = zip(*ordered, strict=True)
     arrays = [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)]
-    storage.write_table(relpath, pa.Table.from_arrays(arrays, schema=schema))
-    METRICS.wrote(spec.name, len(ordered))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _sort_key(key: Any) -> Any:
