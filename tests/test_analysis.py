@@ -776,7 +776,7 @@ def test_every_windowed_column_says_how_it_combines() -> None:
     )
     row = next(ln for ln in text.splitlines() if ln.startswith("| `cohort_drop_ratio`"))
     assert row.endswith("| recompute from the summed counts: `dropped / (rejoined + dropped)` |")
-    assert "within 1 % of the exact percentile" in text
+    assert "computed over every rejoin time (exact" in text
     assert "`users_disconnected` of `party_rates_1d`" in text
     # Datasets of single events have no such column.
     late = next(ln for ln in text.splitlines() if ln.startswith("| `event_time`"))

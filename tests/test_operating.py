@@ -202,7 +202,7 @@ def test_a_failing_group_commit_is_reported_once_and_the_run_goes_on(
     try:
         result = run_job(
             broker.bootstrap, topic, tmp_path / "out", tmp_path / "state", "--group-id", group,
-            "--snapshot-interval", "100ms", "--batch-size", "300", "--broker-timeout", "1s",
+            "--snapshot-interval", "100ms", "--batch-size", "20", "--broker-timeout", "1s",
             "--metrics-file", str(tmp_path / "m.prom"),
         )  # fmt: skip
     finally:
