@@ -354,33 +354,46 @@ def commit_final_positions(
     epoch when process 0 returns; after a completed run process 0 waits (a few seconds at
     most) until every worker's progress is recorded, else it commits the earlier,
     durable, positions. Never stops the run: a failure is reported once and in the
-    manifest.
+    manifest, even one of the run's earlier commits that no batch took there.
+
+    Every other process may still have a commit of its readers in flight, which could
+    reach the group after process 0's and set it back: it waits for its own answers (as
+    briefly) and then commits the same final positions for the partitions it committed,
+    so that whichever request is answered last, the group ends at the final positions.
+    Its failures go to stderr only (the manifest is process 0's to update).
     """
     from flows.edges.group import group_commits
     from flows.edges.manifest import note_group_error
     from flows.edges.source import quiet
 
-    if not settings.group_id or (settings.process_id or 0) != 0:
+    if not settings.group_id:
         return
+    first = (settings.process_id or 0) == 0
     config = settings.kafka_base_config()
     commits = group_commits(
         {**quiet(config), **config}, settings.group_id, settings.topic, failpoints
     )
+    if not first and not commits.partitions:
+        return  # nothing of this process's can reach the group after process 0's commit
     try:
         deadline = time.monotonic() + (10.0 if settled else 0.0)
         offsets, done = state.durable_offsets()
         while not done and time.monotonic() < deadline:
             time.sleep(0.05)  # polling the recovery store the other processes write
             offsets, done = state.durable_offsets()
+        if not first:
+            offsets = {p: off for p, off in offsets.items() if p in commits.partitions}
         if offsets:
             commits.commit(offsets)
         ok = commits.flush(min(10.0, settings.connect_seconds))
     except Exception as err:
         commits.failed(_last_line(err))
         ok = False
-    if not ok and commits.error:
+    # A failure no batch took to the manifest is reported even if the final commit worked.
+    error = commits.take_error() or (None if ok else commits.error)
+    if first and error:
         try:
-            note_group_error(storage, settings.run_id, commits.error)
+            note_group_error(storage, settings.run_id, error)
         except Exception as err:
             print(f"party-rates: could not update the manifest: {err}", file=sys.stderr)
 

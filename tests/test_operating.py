@@ -28,10 +28,15 @@ from confluent_kafka import Consumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from flows.analysis import load_manifests
+from flows.cli import commit_final_positions
+from flows.edges.group import group_commits
+from flows.edges.manifest import manifest_path
 from flows.edges.metrics import RESULTS
 from flows.edges.source import seek_offset
 from flows.edges.statedir import start_us_for
-from flows.settings import normalise_start
+from flows.edges.storage import Storage
+from flows.failpoints import Failpoints
+from flows.settings import Settings, normalise_start
 from flows.tooling.broker import free_port
 from flows.tooling.simulator import SimConfig, generate, produce
 from tests import reference
@@ -221,6 +226,66 @@ def test_a_failing_group_commit_is_reported_once_and_the_run_goes_on(
     )
     assert commits["failed"] > 1 and commits["ok"] == 0  # every one failed, reported once
     assert_matches_reference(tmp_path / "out", read_topic(broker.bootstrap, topic, 2))
+
+
+class _Settled:
+    """A state directory whose recovery store holds these positions, every worker settled."""
+
+    def __init__(self, offsets: dict[int, int]) -> None:
+        self.offsets = offsets
+
+    def durable_offsets(self) -> tuple[dict[int, int], bool]:
+        return dict(self.offsets), True
+
+
+def _group_settings(bootstrap: str, topic: str, tmp_path: Path, **more: Any) -> Settings:
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    return Settings(
+        brokers=bootstrap, topic=topic, output=str(tmp_path / "out"),
+        state=str(tmp_path / "state"), group_id=group, progress="off", **more,
+    )  # fmt: skip
+
+
+@pytest.mark.broker
+def test_a_commit_failure_no_batch_reported_reaches_the_manifest_at_the_end(
+    broker, tmp_path: Path
+) -> None:
+    """A commit that failed after the run's last batch (no batch took its reason to the
+    manifest) is recorded in the manifest even when the final commit then succeeds."""
+    topic = broker.new_topic(partitions=1)
+    settings = _group_settings(broker.bootstrap, topic, tmp_path)
+    storage = Storage.for_settings(settings)
+    written = json.dumps({"group_commit_error": None}).encode()
+    storage.write_bytes(manifest_path(settings.run_id), written)
+    failpoints = Failpoints()
+    commits = group_commits(settings.kafka_base_config(), settings.group_id, topic, failpoints)
+    commits.failed("the coordinator went away")  # a reader's commit, answered after its batch
+    commit_final_positions(settings, _Settled({0: 0}), storage, failpoints, settled=True)
+    assert group_offsets(broker.bootstrap, settings.group_id, topic) == {0: 0}
+    manifest = json.loads(storage.read_bytes(manifest_path(settings.run_id)) or b"{}")
+    assert manifest["group_commit_error"] == "the coordinator went away"
+
+
+@pytest.mark.broker
+def test_other_processes_end_with_their_partitions_at_the_final_positions(
+    broker, tmp_path: Path
+) -> None:
+    """A process other than 0 may end a run with a reader's commit of an earlier snapshot
+    still in flight, which could reach the group after process 0's final commit: it waits
+    for it and then commits the final positions of the partitions it committed."""
+    topic = broker.new_topic(partitions=2)
+    produce(broker.bootstrap, topic, generate(SimConfig(messages=500, namespaces=2, seed=25))[0])
+    final = {int(p): e for p, e in topic_ends(broker.bootstrap, topic, 2).items()}
+    assert min(final.values()) > 1
+    settings = _group_settings(
+        broker.bootstrap, topic, tmp_path, process_id=1, addresses="127.0.0.1:1;127.0.0.1:2"
+    )
+    failpoints = Failpoints()
+    commits = group_commits(settings.kafka_base_config(), settings.group_id, topic, failpoints)
+    commits.commit({0: 1})  # its reader of partition 0, at the run's end
+    commit_final_positions(settings, _Settled(final), None, failpoints, settled=True)
+    # Its own partition only: process 0 commits every partition.
+    assert group_offsets(broker.bootstrap, settings.group_id, topic) == {0: final[0]}
 
 
 # --- metrics while following -----------------------------------------------------------------
@@ -443,6 +508,26 @@ def test_scheduled_runs_push_their_metrics_and_write_a_textfile(
     again = _pushed(pushgateway, topic)
     assert one(again, "party_rates_last_success_timestamp_seconds") == success
     assert one(again, "party_rates_last_failure_timestamp_seconds") > success
+
+
+@pytest.mark.broker
+def test_a_failed_run_keeps_the_last_success_time_in_the_textfile(broker, tmp_path: Path) -> None:
+    """The staleness alert is written on the last-success series: a failed run's textfile
+    holds its failure time and still the success time of the run before it."""
+    topic = broker.new_topic(partitions=1)
+    produce(broker.bootstrap, topic, generate(SimConfig(messages=500, namespaces=2, seed=24))[0])
+    out, state, prom = tmp_path / "out", tmp_path / "state", tmp_path / "party_rates.prom"
+    run_job(broker.bootstrap, topic, out, state, "--metrics-file", str(prom))
+    success = one(parse(prom.read_text()), "party_rates_last_success_timestamp_seconds")
+    failed = run_cli(
+        "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(out),
+        "--state", str(state), "--progress", "off", "--metrics-file", str(prom),
+        env={"PARTY_RATES_FAILPOINT": "raise-in-batch"},
+    )  # fmt: skip
+    assert failed.returncode == 1, failed.stderr
+    after = parse(prom.read_text())
+    assert one(after, "party_rates_last_failure_timestamp_seconds", topic=topic) > success
+    assert one(after, "party_rates_last_success_timestamp_seconds", topic=topic) == success
 
 
 def test_an_unwritable_metrics_file_is_refused(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ durable, so a group's committed offset is never ahead of where the next run resu
   a position the recovery store already holds, or behind it.
 * **At the end of a run** the last snapshot is durable once the dataflow has returned.
   Process 0 reads from the recovery store what the next run would resume from and commits
-  that, for every partition (``flows/cli.py: commit_final_positions``).
+  that, for every partition (``flows/cli.py: commit_final_positions``). Every other process
+  of a cluster commits the same positions for the partitions it committed during the run,
+  after its own requests are answered: a request of its that was still in flight cannot
+  land after process 0's final commit and leave the group behind.
 
 Commits go through an admin client (the OffsetCommit request ``kafka-consumer-groups
 --reset-offsets`` sends), not through the readers' consumers: a consumer with a commit
@@ -66,6 +69,7 @@ class GroupCommits:
         self._unsent: str | None = None  # that failure, until a batch takes it to the manifest
         self._admin: AdminClient | None = None
         self._pending: dict[int, int] = {}  # partition -> position, waiting to be sent
+        self.partitions: set[int] = set()  # every partition this process committed
         self._inflight = False
         self._last_ok = True
         self._cond = threading.Condition()
@@ -76,6 +80,7 @@ class GroupCommits:
         self.failpoints.reached("before-group-commit")
         with self._cond:
             self._pending.update(offsets)
+            self.partitions.update(offsets)
             if self._inflight:
                 return
             batch, self._pending = self._pending, {}

@@ -197,12 +197,7 @@ class RunMetrics:
             (self.ended or now) - self.started,
         )
         if self.last_success is not None:
-            yield _gauge(
-                "party_rates_last_success_timestamp_seconds",
-                "When a scheduled run last completed (read everything, wrote everything)",
-                topic,
-                self.last_success,
-            )
+            yield _last_success(topic, self.last_success)
         if self.last_failure is not None:
             yield _gauge(
                 "party_rates_last_failure_timestamp_seconds",
@@ -210,6 +205,18 @@ class RunMetrics:
                 topic,
                 self.last_failure,
             )
+
+
+LAST_SUCCESS = "party_rates_last_success_timestamp_seconds"
+
+
+def _last_success(topic: str, value: float) -> GaugeMetricFamily:
+    return _gauge(
+        LAST_SUCCESS,
+        "When a scheduled run last completed (read everything, wrote everything)",
+        topic,
+        value,
+    )
 
 
 def _gauge(name: str, doc: str, topic: str, value: float) -> GaugeMetricFamily:
@@ -239,26 +246,33 @@ def serve_with_bytewax() -> None:
 
 
 class _Labelled:
-    """The run's metrics with extra labels on every sample (a process of a cluster)."""
+    """The run's metrics with extra labels on every sample (a process of a cluster), and
+    an earlier run's last-success time where this run has none (``kept_success``)."""
 
-    def __init__(self, labels: dict[str, str]) -> None:
+    def __init__(self, labels: dict[str, str], kept_success: float | None = None) -> None:
         self.labels = labels
+        self.kept_success = kept_success
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import Metric
 
-        for family in METRICS.collect():
+        families = list(METRICS.collect())
+        if self.kept_success is not None and all(f.name != LAST_SUCCESS for f in families):
+            families.append(_last_success(METRICS.topic, self.kept_success))
+        for family in families:
             out = Metric(family.name, family.documentation, family.type, family.unit)
             for s in family.samples:
                 out.add_sample(s.name, {**s.labels, **self.labels}, s.value, s.timestamp)
             yield out
 
 
-def _registry(labels: dict[str, str] | None = None) -> CollectorRegistry:
+def _registry(
+    labels: dict[str, str] | None = None, kept_success: float | None = None
+) -> CollectorRegistry:
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    collector: Any = _Labelled(labels or {})
+    collector: Any = _Labelled(labels or {}, kept_success)
     registry.register(collector)
     return registry
 
@@ -291,12 +305,31 @@ def write_textfile(path: str, process_id: int | None) -> Path:
     """Write the metrics in the text format for node_exporter's textfile collector:
     to a hidden temporary name, then renamed (the collector never reads half a file).
     In a cluster each process's file labels its series with ``process`` (the collector
-    refuses a series that two files hold)."""
+    refuses a series that two files hold). A run without a success time (a failed one)
+    keeps the last-success time the file held, as a push-add keeps it in the Pushgateway:
+    the staleness alert always has its series."""
     dest = textfile_path(path, process_id)
     labels = {} if process_id is None else {"process": str(process_id)}
     from prometheus_client.exposition import generate_latest
 
+    kept = None if METRICS.last_success is not None else _kept_success(dest, METRICS.topic)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(generate_latest(_registry(labels)))
+    tmp.write_bytes(generate_latest(_registry(labels, kept)))
     os.replace(tmp, dest)
     return dest
+
+
+def _kept_success(dest: Path, topic: str) -> float | None:
+    """The topic's last-success time in the textfile an earlier run wrote, if any (a file
+    that is missing or does not parse holds none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = dest.read_text(encoding="utf-8")
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == LAST_SUCCESS and s.labels.get("topic") == topic:
+                    return float(s.value)
+    except Exception:  # an unreadable earlier file keeps nothing; writing goes on
+        return None
+    return None
