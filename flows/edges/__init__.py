@@ -1,6 +1,9 @@
 """The job's IO at its edges: the Kafka source, the Parquet sinks, output storage (local or
-object store), the state directory and the run manifest.
+object store), the state directory, the run manifest, the consumer-group commits of durable
+read positions (``group``) and the Prometheus metrics (``metrics``).
 
-May import ``flows.core``, ``schemas``, ``flows.settings``, Bytewax's connector API,
-confluent-kafka and pyarrow; never ``flows.analysis`` nor pandas.
+May import ``flows.core``, ``schemas``, ``flows.settings``, ``flows.failpoints``, Bytewax's
+input, output and recovery API (``bytewax.inputs``, ``bytewax.outputs``,
+``bytewax.recovery``), confluent-kafka, pyarrow and prometheus_client; never
+``flows.analysis``, ``flows.tooling`` nor pandas.
 """
