@@ -494,6 +494,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         find_incidents,
         load_disconnect_outcomes,
         load_party_rates,
+        rollup_lengths,
         worst_namespaces,
     )
     from flows.tooling.broker import embedded_broker
@@ -522,12 +523,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(summary(manifest), file=sys.stderr)
     rates = load_party_rates(output)
     outcomes = load_disconnect_outcomes(output)
+    written = [("party_rates", rates), ("disconnect_outcomes", outcomes)]
+    for length in rollup_lengths(output):  # the roll-ups the run wrote (--rollups)
+        written += [
+            (f"party_rates_{length}", load_party_rates(output, rollup=length)),
+            (f"disconnect_outcomes_{length}", load_disconnect_outcomes(output, rollup=length)),
+        ]
+    width = max(len(name) for name, _ in written) + 3
     print(f"\nParquet written under {output.resolve()}:")
-    print(f"  party_rates/          {len(rates):,} rows ({int(rates['is_final'].sum()):,} final)")
-    print(
-        f"  disconnect_outcomes/  {len(outcomes):,} rows "
-        f"({int(outcomes['is_final'].sum()):,} final)"
-    )
+    for name, frame in written:
+        final = int(frame["is_final"].sum())
+        print(f"  {name + '/':<{width}}{len(frame):,} rows ({final:,} final)")
     print("  late_events/  dead_letters/  _runs/")
     worst = worst_namespaces(rates)
     final = outcomes[outcomes["is_final"]]

@@ -207,42 +207,43 @@ OUTCOMES_FILE_SCHEMA = pa.schema(
         _f(
             "disconnects",
             pa.int64(),
-            "PartyDisconnectedEvent in the window (incidents).",
+            "PartyDisconnectedEvent in the window (each opens a disconnect episode).",
             False,
             combine="sum",
         ),
         _f(
             "rejoined",
             pa.int64(),
-            "Incidents whose next outcome was a PartyRejoinedEvent.",
+            "Disconnect episodes whose next outcome was a PartyRejoinedEvent.",
             False,
             combine="sum",
         ),
         _f(
             "dropped",
             pa.int64(),
-            "Incidents whose next outcome was a PartyDroppedEvent.",
+            "Disconnect episodes whose next outcome was a PartyDroppedEvent.",
             False,
             combine="sum",
         ),
         _f(
             "unresolved",
             pa.int64(),
-            "Incidents with no outcome within the outcome horizon (default 1 h).",
+            "Disconnect episodes with no outcome within the outcome horizon (default 1 h).",
             False,
             combine="sum",
         ),
         _f(
             "superseded",
             pa.int64(),
-            "Incidents ended by a second disconnect of the same player before any outcome.",
+            "Disconnect episodes ended by a second disconnect of the same player before any "
+            "outcome.",
             False,
             combine="sum",
         ),
         _f(
             "orphan_outcomes",
             pa.int64(),
-            "Rejoins and drops in the window with no open incident (their disconnect was "
+            "Rejoins and drops in the window with no open disconnect episode (their disconnect was "
             "before the data kept).",
             False,
             combine="sum",

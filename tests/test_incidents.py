@@ -21,6 +21,7 @@ import pytest
 
 from flows import analysis
 from flows.analysis import plots
+from flows.analysis.dictionary import render_data_dictionary
 from flows.analysis.incidents import _benjamini_hochberg, binomial_sf, incident_series
 from flows.analysis.report import render_report
 from flows.tooling.simulator import SimConfig, generate, produce
@@ -220,6 +221,57 @@ def test_incident_series_and_plot() -> None:
     assert "No incident" in empty.axes[0].texts[0].get_text()
 
 
+def _two_incidents() -> pd.DataFrame:
+    return outcomes_frame(
+        _day("a", 40, 0.1, elevated=(300, 370, 0.5)) + _day("b", 40, 0.1, elevated=(400, 470, 0.6))
+    )
+
+
+def test_the_figure_says_how_many_incidents_it_leaves_out() -> None:
+    outcomes = _two_incidents()
+    found = analysis.find_incidents(outcomes)
+    assert list(found["namespace"]) == ["b", "a"]  # strongest first
+    capped = plots.plot_incidents(outcomes, found, top=1)
+    assert len(capped.axes) == 2
+    assert "1 more incident not plotted (see the table)" in capped.get_suptitle()
+    for top in (6, None):
+        every = plots.plot_incidents(outcomes, found, top=top)
+        assert len(every.axes) == 4
+        assert "not plotted" not in every.get_suptitle()
+    assert plots.not_plotted(3) == "3 more incidents not plotted (see the table)"
+
+
+def test_the_report_plots_every_incident_or_says_how_many_it_did_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.analysis import report
+    from tests.test_analysis import demo_rates, write_output
+
+    write_output(tmp_path / "out", demo_rates(), _two_incidents())
+    found = render_report(tmp_path / "out", tmp_path / "all.html")
+    assert len(found) == 2 <= report.INCIDENT_PLOTS
+    page = (tmp_path / "all.html").read_text(encoding="utf-8")
+    assert 'alt="incidents against their baseline"' in page and "not plotted" not in page
+    monkeypatch.setattr(report, "INCIDENT_PLOTS", 1)
+    render_report(tmp_path / "out", tmp_path / "capped.html")
+    page = (tmp_path / "capped.html").read_text(encoding="utf-8")
+    note = page.index("<p><b>1 more incident not plotted (see the table).</b></p>")
+    assert page.index('alt="incidents against their baseline"') < note < page.index("<table")
+
+
+def test_the_data_dictionary_describes_the_incidents_table() -> None:
+    text = render_data_dictionary()
+    section = text[text.index("## Incidents (`flows.analysis.find_incidents`)") :]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    found = analysis.find_incidents(_two_incidents())
+    assert [row.split("`")[1] for row in rows] == [*found.columns, *found.attrs]
+    assert list(found.columns) == analysis.INCIDENT_COLUMNS
+    assert "Benjamini-Hochberg" in section and "1%" in section and "φ" in section
+    # A player's disconnect-to-outcome episode is not called an incident anywhere else.
+    before = text[: text.index("## Incidents")]
+    assert "opens an incident" not in before and "open incident" not in before
+
+
 # --- the simulator's incidents, through the independent reference -------------------------
 
 BUSY_DAY = SimConfig(messages=100_000, namespaces=10, other_share=0.0)
@@ -237,6 +289,8 @@ def test_every_simulated_incident_is_found_within_a_window(seed: int) -> None:
     _rates, outcomes = reference_frames(partitioned(messages))
     found = analysis.find_incidents(outcomes)
     assert len(truth.incidents) == 2
+    # One incident found in each simulated incident's namespace, and none anywhere else.
+    assert sorted(found["namespace"]) == sorted(inc.namespace for inc in truth.incidents)
     for inc in truth.incidents:
         assert inc.drop_probability >= 2.5 * inc.usual_drop_probability
         rows = found[found["namespace"] == inc.namespace]
@@ -317,7 +371,18 @@ def test_the_demo_prints_the_incidents_beside_the_worst_namespaces(tmp_path: Pat
     found = text.index("Incidents found")
     made = text.index("The simulated day's incidents, as the simulator made them:")
     assert worst < found < made
-    outcomes = analysis.load_disconnect_outcomes(tmp_path / "demo" / "output")
+    out = tmp_path / "demo" / "output"
+    listed = text[text.index("Parquet written under") : worst]
+    assert analysis.rollup_lengths(out) == ["1h", "1d"]  # the default roll-ups
+    for length in ("1h", "1d"):
+        for name, load in (
+            ("party_rates", analysis.load_party_rates),
+            ("disconnect_outcomes", analysis.load_disconnect_outcomes),
+        ):
+            rows = len(load(out, rollup=length))
+            assert rows > 0
+            assert re.search(rf"^  {name}_{length}/ +{rows:,} rows \(", listed, re.M), listed
+    outcomes = analysis.load_disconnect_outcomes(out)
     lines = analysis.describe_incidents(analysis.find_incidents(outcomes))
     assert text[found:made].splitlines()[1:] == [f"  {line}" for line in lines]
     truth = generate(SimConfig(messages=150_000))[1]

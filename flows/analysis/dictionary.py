@@ -14,6 +14,7 @@ import sys
 
 import pyarrow as pa
 
+from flows.analysis.incidents import INCIDENT_COLUMNS
 from schemas.output import (
     COMBINE_KINDS,
     DEAD_KEY,
@@ -51,11 +52,11 @@ UNITS: dict[str, str] = {
     "value": "bytes",
     "error": "—",
     "seen_at": "instant, UTC, microseconds",
-    "disconnects": "incidents (disconnect events)",
-    "unresolved": "incidents",
-    "superseded": "incidents",
+    "disconnects": "disconnect episodes (disconnect events)",
+    "unresolved": "disconnect episodes",
+    "superseded": "disconnect episodes",
     "orphan_outcomes": "events",
-    "cohort_drop_ratio": "ratio (drops per decided incident)",
+    "cohort_drop_ratio": "ratio (drops per decided disconnect episode)",
     "rejoin_seconds_p50": "seconds",
     "rejoin_seconds_p95": "seconds",
 }
@@ -207,6 +208,142 @@ Read them with `flows.analysis.load_party_rates(output, rollup="1d")` and
 """
 
 
+INCIDENTS = """\
+Not a dataset the job writes: the table `flows.analysis.find_incidents(outcomes)` returns,
+computed from the final rows of `disconnect_outcomes`; the report and the notebook open
+with it, and `party-rates demo` and `party-rates report` print it, one line per incident
+(`flows.analysis.describe_incidents`). An incident is a stretch of windows in which one
+namespace dropped a significantly larger share of its disconnects than it usually does.
+
+- **Ratio read**: the cohort drop ratio, `dropped ÷ (rejoined + dropped)` of the final
+  `disconnect_outcomes` windows, which counts each outcome in the window of its disconnect.
+  The window `drop_ratio` of `party_rates` is not used: its drops land an inactive timeout
+  after their disconnects, which would shift an incident's start and end. A row is final an
+  outcome horizon after its window, so the newest hour or so is not searched yet.
+- **Test**: every one-hour stretch of every namespace, starting on each UTC half hour, is
+  tested against the namespace's own **baseline**: its cohort drop ratio over its other
+  final windows, leaving out the half hours within an hour of the stretch and the incidents
+  already found. The test is one-sided: the exact binomial upper tail
+  P(X ≥ dropped ÷ φ) for decided ÷ φ trials at the baseline ratio.
+- **Unit treated as independent**: the decided disconnect (rejoined or dropped), corrected
+  for dependence by the dispersion φ (quasi-binomial): a flapping player's several
+  disconnects are not independent, so φ (Pearson χ² of the baseline's half-hour blocks ÷
+  their number less one, at least 1) scales the counts down. Half-hour blocks are taken as
+  independent given the baseline.
+- **Significance**: the Benjamini-Hochberg procedure over all namespaces and stretches at
+  once keeps the false discovery rate at `fdr` (1% by default). A stretch is flagged when
+  its adjusted p-value is at most `fdr` and its drop ratio is at least `min_strength`
+  (1.5) times the baseline.
+- **Start and end**: flagged stretches of a namespace that overlap or touch form one
+  incident; its start and end are the run of windows, within the flagged stretches and an
+  hour either side, that maximises the binomial log-likelihood ratio of "its own ratio
+  inside, the baseline outside". The baselines are then re-estimated without the incidents
+  and the search repeated until the incidents stop changing.
+
+One row per incident, strongest first (by `strength`, then `namespace`). Types are the
+pandas dtypes of a non-empty table (an empty one has the same columns); no column is null.
+"""
+
+INCIDENT_FIELDS: dict[str, tuple[str, str, str]] = {
+    "namespace": ("`str`", "—", "The namespace (game) the incident is in."),
+    "start": (
+        "`datetime64` (UTC)",
+        "instant, UTC",
+        "`window_start` of the incident's first window.",
+    ),
+    "end": (
+        "`datetime64` (UTC)",
+        "instant, UTC",
+        "`window_end` of the incident's last window (exclusive).",
+    ),
+    "windows": ("`int64`", "windows", "Windows from `start` to `end`, empty ones included."),
+    "disconnects": (
+        "`int64`",
+        "disconnect episodes (disconnect events)",
+        "`disconnects` of the namespace's final windows in the incident, summed.",
+    ),
+    "decided": (
+        "`int64`",
+        "disconnect episodes",
+        "`rejoined + dropped` of those windows: the disconnects with a known outcome.",
+    ),
+    "dropped": ("`int64`", "disconnect episodes", "`dropped` of those windows."),
+    "drop_ratio": (
+        "`float64`",
+        "ratio (drops per decided disconnect episode)",
+        "The incident's cohort drop ratio, `dropped ÷ decided`.",
+    ),
+    "baseline": (
+        "`float64`",
+        "ratio (drops per decided disconnect episode)",
+        "The namespace's usual cohort drop ratio: `(dropped + 0.5) ÷ (decided + 1)` over its "
+        "final windows outside the incident, the half hours within an hour of it and its "
+        "other incidents (never exactly 0 or 1).",
+    ),
+    "strength": (
+        "`float64`",
+        "times the baseline",
+        "`drop_ratio ÷ baseline` (4.0: four times the usual share dropped); at least "
+        "`min_strength`.",
+    ),
+    "excess_drops": (
+        "`float64`",
+        "disconnect episodes",
+        "`dropped - decided * baseline`: the drops beyond the usual share.",
+    ),
+    "z": (
+        "`float64`",
+        "standard errors",
+        "`excess_drops ÷ sqrt(dispersion * decided * baseline * (1 - baseline))`: the excess "
+        "in quasi-binomial standard errors.",
+    ),
+    "q_value": (
+        "`float64`",
+        "probability",
+        "The smallest Benjamini-Hochberg adjusted p-value of the incident's flagged one-hour "
+        "stretches (at most `fdr`).",
+    ),
+    "dispersion": (
+        "`float64`",
+        "— (at least 1)",
+        "φ of the namespace's baseline around the incident: how much more its drop counts "
+        "vary between half hours than independent disconnects would (1: not at all).",
+    ),
+}
+"""Columns of :func:`flows.analysis.find_incidents`: (type, unit, meaning), in its order."""
+
+INCIDENT_ATTRS: list[tuple[str, str]] = [
+    (
+        "searched_from",
+        "`pandas.Timestamp` (UTC) or `None`: start of the first final window searched; "
+        "`None` when there was no final row to search.",
+    ),
+    (
+        "searched_to",
+        "`pandas.Timestamp` (UTC) or `None`: end of the last final window searched.",
+    ),
+    ("tests", "`int`: one-hour stretches tested (in the search's last round)."),
+    ("fdr", "`float`: the false discovery rate used (default 0.01)."),
+    ("min_strength", "`float`: the smallest `strength` that counts (default 1.5)."),
+]
+"""The ``attrs`` of the :func:`flows.analysis.find_incidents` table."""
+
+
+def _incident_tables() -> str:
+    if list(INCIDENT_FIELDS) != list(INCIDENT_COLUMNS):
+        raise ValueError(
+            f"INCIDENT_FIELDS {list(INCIDENT_FIELDS)} differ from INCIDENT_COLUMNS "
+            f"{list(INCIDENT_COLUMNS)}"
+        )
+    lines = ["| column | type | unit | meaning |", "|---|---|---|---|"]
+    for name, (type_, unit, meaning) in INCIDENT_FIELDS.items():
+        lines.append(f"| `{name}` | {_cell(type_)} | {_cell(unit)} | {_cell(meaning)} |")
+    lines += ["", "The table's `attrs` say what was searched:", ""]
+    lines += ["| attr | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {_cell(meaning)} |" for name, meaning in INCIDENT_ATTRS]
+    return "\n".join(lines)
+
+
 def _type(t: pa.DataType) -> str:
     return str(t)
 
@@ -297,12 +434,13 @@ def render_data_dictionary() -> str:
         "## `disconnect_outcomes/`",
         "`disconnect_outcomes/namespace=<ns>/date=<YYYY-MM-DD>/part-0.parquet`, partitioned "
         "like `party_rates`: one row per (namespace, window of the disconnects). Each "
-        "PartyDisconnectedEvent opens an incident for its (namespace, sessionId, userId); the "
-        "player's next PartyRejoinedEvent or PartyDroppedEvent at or after it, within the "
-        "outcome horizon (`--outcome-horizon`, default 1 h), resolves it. A second disconnect "
-        "before any outcome supersedes the first; an outcome with no open incident is an "
-        "orphan (counted in the window of the outcome); an incident with no outcome within the "
-        "horizon is unresolved. Events are matched in event-time order, so the order they "
+        "PartyDisconnectedEvent opens a disconnect episode for its (namespace, sessionId, "
+        "userId); the player's next PartyRejoinedEvent or PartyDroppedEvent at or after it, "
+        "within the outcome horizon (`--outcome-horizon`, default 1 h), resolves it. A second "
+        "disconnect before any outcome supersedes the first; an outcome with no open episode "
+        "is an orphan (counted in the window of the outcome); an episode with no outcome "
+        "within the horizon is unresolved. (An *incident* is something else: a stretch of a "
+        "namespace's windows, below.) Events are matched in event-time order, so the order they "
         "arrive in does not matter. `disconnects = rejoined + dropped + unresolved + "
         "superseded` once a row is final (an outcome horizon after `window_end`). "
         "`cohort_drop_ratio` is the unbiased counterpart of `party_rates.drop_ratio`: it "
@@ -325,6 +463,9 @@ def render_data_dictionary() -> str:
         "## `_runs/<run_id>.json`",
         "One JSON manifest per run. Every message read is in exactly one manifest's counts.",
         _manifest_table(),
+        "## Incidents (`flows.analysis.find_incidents`)",
+        INCIDENTS.rstrip("\n"),
+        _incident_tables(),
     ]
     return "\n\n".join(sections) + "\n"
 

@@ -530,15 +530,24 @@ INCIDENT_BAND = "99% of windows at the baseline fall here"
 INCIDENT_SPAN = "incident"
 
 
+def not_plotted(count: int) -> str:
+    """The note for incidents a figure leaves out: "3 more incidents not plotted (see the
+    table)"."""
+    noun = "incident" if count == 1 else "incidents"
+    return f"{count} more {noun} not plotted (see the table)"
+
+
 def plot_incidents(
     outcomes: pd.DataFrame,
     incidents: pd.DataFrame,
     *,
-    top: int = 6,
+    top: int | None = 6,
     margin: str = "3h",
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
-    """Each incident against its baseline: two panels per incident (the ``top`` strongest).
+    """Each incident against its baseline: two panels per incident, the ``top`` strongest
+    (every incident with ``top=None``); when some are left out, the figure's title says how
+    many ("2 more incidents not plotted (see the table)").
 
     Upper panel: the namespace's cohort drop ratio window by window from ``margin`` before
     the incident to ``margin`` after (final ``disconnect_outcomes`` rows), its baseline as a
@@ -547,8 +556,9 @@ def plot_incidents(
     decided disconnects per window (rejoined + dropped) and the dropped ones. Without
     incidents the figure says so.
     """
-    rows = incidents.head(top)
+    rows = incidents if top is None else incidents.head(top)
     count = len(rows)
+    left_out = len(incidents) - count
     fig = Figure(figsize=figsize or (11, 1.2 + 3.6 * max(count, 1)), layout="constrained")
     if count == 0:
         ax = fig.subplots()
@@ -617,8 +627,11 @@ def plot_incidents(
         fontsize=8,
         frameon=False,
     )
+    title = "Incidents: the cohort drop ratio against the namespace's own baseline (UTC)"
+    if left_out:
+        title += f"\n{not_plotted(left_out)}"
     fig.suptitle(
-        "Incidents: the cohort drop ratio against the namespace's own baseline (UTC)",
+        title,
         x=0.01,
         horizontalalignment="left",
         fontsize=11,

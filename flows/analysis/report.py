@@ -24,6 +24,9 @@ from flows.analysis import plots
 
 TOP_RANKED = 15
 TOP_SERIES = 5
+INCIDENT_PLOTS = 20
+"""Incidents the report plots, strongest first (each is a panel pair 3.6 in tall); the rest
+are in its table, and the report says how many were not plotted."""
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -219,9 +222,12 @@ def _incidents_section(outcomes: pd.DataFrame, incidents: pd.DataFrame) -> list[
         "after their window, so the newest hour or so is not searched yet.</p></div>",
     ]
     if not incidents.empty:
-        parts.append(
-            _img(plots.plot_incidents(outcomes, incidents), "incidents against their baseline")
-        )
+        shown = min(len(incidents), INCIDENT_PLOTS)
+        figure = plots.plot_incidents(outcomes, incidents, top=shown)
+        parts.append(_img(figure, "incidents against their baseline"))
+        if len(incidents) > shown:
+            note = plots.not_plotted(len(incidents) - shown)
+            parts.append(f"<p><b>{html.escape(note)}.</b></p>")
         table = incidents.copy()
         table["start"] = table["start"].map(_fmt_time)
         table["end"] = table["end"].map(_fmt_time)
