@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -27,18 +29,28 @@ each test (tests/conftest.py)."""
 
 
 def start(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-    """Start a process that is ended after the test, whatever happens to it."""
-    proc = subprocess.Popen(cmd, **kwargs)
+    """Start a process that is ended after the test, whatever happens to it.
+
+    It leads a process group of its own, which the processes it starts (``--processes N``)
+    join: :func:`end_group` ends them all. Signals meant for the job itself (SIGINT,
+    SIGTERM) go to the leader only, as a user's ``kill`` would send them.
+    """
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
     STARTED.append(proc)
     return proc
 
 
+def end_group(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGKILL the process group ``proc`` leads (the leader and every process it started
+    that is still in the group) and reap the leader, within ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):  # the whole group has already ended
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=timeout)
+
+
 def end_started() -> None:
     while STARTED:
-        proc = STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+        end_group(STARTED.pop())
 
 
 def read_topic(
@@ -236,15 +248,26 @@ def assert_matches_reference(
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Any:
-    """Run ``party-rates`` as a user would, in a subprocess."""
-    return subprocess.run(
+    """Run ``party-rates`` as a user would, in a subprocess; if it outlasts ``timeout``
+    seconds (or the test is interrupted), it is killed with every process it started."""
+    proc = start(
         [*CLI, *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        end_group(proc)
+        out, err = proc.communicate(timeout=30)
+        raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
+    finally:
+        end_group(proc)  # and any process it started that outlived it
+        STARTED.remove(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run_job(bootstrap: str, topic: str, output: Path, state: Path, *extra: str) -> Any:
@@ -304,8 +327,11 @@ def start_slow_run(bootstrap: str, topic: str, out: Path, state: Path, *extra: s
     args += ["--state", str(state), "--progress", "off", "--batch-size", "3"]
     args += ["--snapshot-interval", "300ms", *extra]
     proc = start([*CLI, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    timeout = 120
+    deadline = time.monotonic() + timeout
     while snapshotted_epoch(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # polling the recovery store the run writes
     assert proc.poll() is None, "the run finished before it could be interrupted"
+    epoch = snapshotted_epoch(state)
+    assert epoch >= 2, f"the run committed {epoch} snapshots in {timeout}s, not the two awaited"
     return proc

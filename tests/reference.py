@@ -11,7 +11,10 @@ The rules, as the README states them ("How it decides", "The output contract"):
 * A message whose bytes do not contain one of the four names as a JSON string is skipped
   when it looks like a JSON object (first and last non-blank bytes ``{`` and ``}``), else it
   is a dead letter; a tombstone is a dead letter.
-* Otherwise it must be UTF-8 JSON, an object, nested at most 200 levels; an object whose
+* Otherwise it must be UTF-8 JSON (``NaN`` and ``Infinity`` are not JSON; an unpaired
+  surrogate escape is no UTF-8 text), an object, nested at most 200 levels (no value inside
+  more than 200 arrays and objects; nested too deep for the standard library to decode at
+  all, about a thousand levels, it is a dead letter whatever its name); an object whose
   ``name`` is a string other than the four is skipped; the envelope's fields have the types
   of the topic's page (strict: no bool for an integer, no float); ``namespace`` and ``id``
   are not empty; the namespace, percent-encoded, fits a 200-byte ``namespace=…`` directory
@@ -50,8 +53,11 @@ HIGH_US = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp()) * 10**6
 STR_FIELDS = ("parentNamespace", "timestamp", "userId", "traceId", "sessionId", "spanContext")
 PAYLOAD_STR = ("namespace", "topicName", "message")
 TIME = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))"
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))",
+    re.ASCII,  # RFC 3339 digits are 0-9, not any Unicode digit
 )
+SURROGATE = re.compile("[\ud800-\udfff]")
+"""A code point left over from an unpaired ``\\uD800``-``\\uDFFF`` escape: no UTF-8 text."""
 
 
 @dataclass(frozen=True)
@@ -83,13 +89,37 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _depth(v: Any, enclosing: int = 0) -> int:
-    """The most containers any value sits in."""
-    if isinstance(v, dict):
-        return max([enclosing, *(_depth(x, enclosing + 1) for x in v.values())])
-    if isinstance(v, list):
-        return max([enclosing, *(_depth(x, enclosing + 1) for x in v)])
-    return enclosing
+def _depth(doc: Any) -> int:
+    """The most arrays and objects any value sits in (the document itself sits in none)."""
+    deepest, todo = 0, [(doc, 0)]
+    while todo:  # a loop, not recursion: documents may be nested a thousand levels
+        v, enclosing = todo.pop()
+        deepest = max(deepest, enclosing)
+        if isinstance(v, dict):
+            todo.extend((x, enclosing + 1) for x in v.values())
+        elif isinstance(v, list):
+            todo.extend((x, enclosing + 1) for x in v)
+    return deepest
+
+
+def _unpaired_surrogate(doc: Any) -> bool:
+    """Whether a key or string of the document holds an unpaired surrogate escape."""
+    todo = [doc]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            if SURROGATE.search(v):
+                return True
+        elif isinstance(v, dict):
+            todo.extend(v.keys())
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return False
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _rfc3339_us(text: str) -> int | None:
@@ -127,15 +157,17 @@ def classify(value: bytes | None) -> tuple[str, Any]:
             return "skip", None
         return "dead", "not an object"
     try:
-        doc = json.loads(value.decode("utf-8"))
+        doc = json.loads(value.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return "dead", "not JSON"
+    if _unpaired_surrogate(doc):
+        return "dead", "not UTF-8 JSON"
     if not isinstance(doc, dict):
         return "dead", "not an object"
     name = doc.get("name")
     if isinstance(name, str) and name not in NAMES:
         return "skip", None
-    if _depth(doc, 1) > MAX_DEPTH:
+    if _depth(doc) > MAX_DEPTH:
         return "dead", "too deep"
     if not isinstance(name, str):
         return "dead", "no name"

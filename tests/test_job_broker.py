@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
 from flows.tooling.simulator import SimConfig, chunks, envelope, generate, produce
+from tests import reference
 from tests.helpers import (
     assert_matches_reference,
     assert_same_output,
@@ -21,8 +22,10 @@ from tests.helpers import (
     job_outcomes,
     job_rows,
     late_rows,
+    partitioned,
     read_topic,
     run_job,
+    total_counts,
 )
 
 pytestmark = pytest.mark.broker
@@ -63,11 +66,23 @@ def test_scheduled_run_matches_reference(broker, tmp_path: Path) -> None:
     assert load_dead_letters(out)["error"].str.len().min() > 5
 
 
+def _first_counted_everywhere(messages: list, partitions: int = 4) -> int:
+    """How many messages are published before every partition has had a counted event
+    (each partition's first usable event is counted: nothing is before it)."""
+    seen: set[int] = set()
+    for i, (p, _offset, value) in enumerate(partitioned(messages, partitions)):
+        if reference.classify(value)[0] == "event":
+            seen.add(p)
+            if len(seen) == partitions:
+                return i + 1
+    raise AssertionError("a partition never has a counted event")
+
+
 def _cuts(seed: int, messages: list, parts: int) -> list[int]:
     """Random cut points, all after every partition has had a counted event (before that,
     the README states an exception, tested on its own)."""
     rng = random.Random(seed)
-    earliest = len(messages) // 20  # thousands of counted events over 4 partitions
+    earliest = _first_counted_everywhere(messages)
     return sorted(rng.sample(range(earliest, len(messages)), parts - 1))
 
 
@@ -78,6 +93,8 @@ def test_split_runs_equal_one_run(broker, tmp_path: Path, seed: int) -> None:
     messages, _ = generate(SMALL)
     one, split = broker.new_topic(), broker.new_topic()
     produce(broker.bootstrap, one, messages)
+    # The messages lie in the partitions where _cuts counts them.
+    assert read_topic(broker.bootstrap, one, 4) == sorted(partitioned(messages, 4))
     run_job(broker.bootstrap, one, tmp_path / "one", tmp_path / "one-state")
     cuts = [0, *_cuts(seed, messages, 4), len(messages)]
     for a, b in itertools.pairwise(cuts):
@@ -294,10 +311,20 @@ def test_rescaling_between_runs(broker, tmp_path: Path) -> None:
 def test_multi_day_backlog_matches_reference(broker, tmp_path: Path) -> None:
     """Days that settle during a run are written early; the output is the same."""
     topic = broker.new_topic(partitions=2)
-    produce(broker.bootstrap, topic, generate(SimConfig(messages=8_000, namespaces=3, hours=96))[0])
-    run_job(broker.bootstrap, topic, tmp_path / "out", tmp_path / "state")
-    assert_matches_reference(tmp_path / "out", read_topic(broker.bootstrap, topic, 2))
-    assert len({d.name for d in (tmp_path / "out" / "party_rates").glob("*/*")}) >= 4
+    messages, truth = generate(SimConfig(messages=8_000, namespaces=3, hours=96))
+    produce(broker.bootstrap, topic, messages)
+    out = tmp_path / "out"
+    run_job(broker.bootstrap, topic, out, tmp_path / "state")
+    assert_matches_reference(out, read_topic(broker.bootstrap, topic, 2))
+    assert len({d.name for d in (out / "party_rates").glob("*/*")}) >= 4
+    # The simulator's own account of what it made, under the README's rules.
+    counts = total_counts(out)
+    assert truth.late > 0 and truth.duplicates > 0 and truth.malformed > 0
+    assert counts["messages"] == len(messages)
+    assert counts["dead_letters"] == truth.malformed
+    assert counts["duplicates"] == truth.duplicates
+    assert counts["late"] == truth.late
+    assert set(load_late_events(out)["id"]) == truth.late_ids
 
 
 def test_a_partition_without_counted_events_can_meet_a_final_window(broker, tmp_path: Path) -> None:
