@@ -241,7 +241,7 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from flows.edges.source import SourceError, list_partitions, start_offsets
+    from flows.edges.source import SourceError, TopicSource, list_partitions, start_offsets
     from flows.edges.statedir import StateDir, StateError
     from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
     from flows.failpoints import Failpoints
@@ -285,7 +285,8 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
                     "process_id": settings.process_id,
                     "addresses": settings.addresses.split(";"),
                 }
-            flow = build_flow(settings, failpoints=failpoints)
+            source = TopicSource(settings, failpoints, partitions=parts)
+            flow = build_flow(settings, source, failpoints)
             bytewax_api_environment(settings, state.path)
             fewer_collections()
             try:

@@ -203,8 +203,16 @@ def restore(state: PartitionState, snap: Snapshot) -> None:
 class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
     """The session-history topic as a partitioned, resumable source of batch results."""
 
-    def __init__(self, settings: Settings, failpoints: Failpoints | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        failpoints: Failpoints | None = None,
+        partitions: list[int] | None = None,
+    ) -> None:
+        """``partitions``: the topic's partitions when the caller has just listed them (one
+        metadata request less at start)."""
         self.failpoints = failpoints or Failpoints()
+        self._partitions = partitions
         self.config = settings.kafka_base_config()
         self.topic = settings.topic
         self.follow = settings.follow
@@ -233,16 +241,23 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
             else None
         )
 
+    def partitions(self) -> list[int]:
+        """The topic's partitions as at the start of this run, listed once (partitions added
+        later are read from the next run on)."""
+        if self._partitions is None:
+            self._partitions = list_partitions(self.config, self.topic, self.timeout_s)
+        return self._partitions
+
     def offsets(self, partition: int) -> tuple[int, int]:
         """(earliest, end) of a partition as at the start of this run, probed once."""
         with self._ends_lock:
             if self._ends is None:
-                parts = list_partitions(self.config, self.topic, self.timeout_s)
+                parts = self.partitions()
                 self._ends = end_offsets(self.config, self.topic, parts, self.timeout_s)
         return self._ends[partition]
 
     def list_parts(self) -> list[str]:
-        return [str(p) for p in list_partitions(self.config, self.topic, self.timeout_s)]
+        return [str(p) for p in self.partitions()]
 
     def first_offset(self, partition: int, low: int, high: int) -> int:
         """Where a partition without saved state starts (``--start-at``)."""
@@ -250,7 +265,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
             return low
         with self._ends_lock:
             if self._starts is None:  # a state not prepared by ``party-rates run``
-                parts = list_partitions(self.config, self.topic, self.timeout_s)
+                parts = self.partitions()
                 self._starts = start_offsets(
                     self.config, self.topic, parts, self.start.start_at, self.lateness_us,
                     self.timeout_s,
