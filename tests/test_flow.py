@@ -173,6 +173,13 @@ PICKLED_CLASSES = {
         ("flows.core.rollups", "RollupOutcomes"),
         ("flows.core.rollups", "_Distinct"),
     },
+    4: {
+        ("flows.core.outcomes", "OutcomeAgg"),
+        ("flows.core.items", "Tick"),
+        ("flows.core.rollups", "RollupRates"),
+        ("flows.core.rollups", "RollupOutcomes"),
+        ("flows.core.rollups", "_distinct"),
+    },
 }
 
 

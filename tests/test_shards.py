@@ -446,7 +446,9 @@ def test_a_rollup_is_final_when_its_last_window_is() -> None:
     s = WithRollups()
     s.part(part([counted(T0), counted(T0 + W, eid="2")]))
     reports = s.tick(Tick(T0 + HOUR - W, {0: 1}, (0,)))
-    assert rollup_of(reports).rollup_rates == {}  # its last window is still open
+    # its last window is still open: the roll-ups neither report nor are awaited
+    assert [r for r in reports if r.from_rollups] == []
+    assert not any(r.rollups_follow for r in reports)
     # no window of this shard closes at the hour, yet its roll-up hears of the tick
     reports = s.tick(Tick(T0 + HOUR, {0: 1}, (0,)))
     assert rollup_of(reports).rollup_rates == {(HOUR, T0): (2, 0, 0, 0, 1, 1)}
@@ -508,3 +510,42 @@ def test_rows_step_names_the_rollup_datasets() -> None:
     assert name == "party_rates_1h"
     assert (row["window_end"] - row["window_start"]).total_seconds() == 3600
     assert row["disconnects_per_min"] == 4 / 60
+
+
+def test_closed_windows_go_to_the_rollups_together_and_the_shard_holds_few() -> None:
+    """The shard holds closed windows for its roll-ups until one becomes final (one item
+    then, not one a tick), and sends them on unannounced once it holds many: the day's
+    roll-up is the same, and the shard's state stays bounded."""
+    day = 24 * HOUR
+    shard, rollups = Shard(W, H, (day,)), ShardRollups((day,), H)
+    sent: list[RollupPart] = []
+    answers: list[Report] = []
+    windows = 8 * 12  # eight hours of 5-minute windows in one day, a player each
+    for i in range(windows):
+        t = T0 + i * W
+        shard.on_part(part([counted(t, eid=f"e{i}", user=f"u{i % 7}")], next_offset=i + 1))
+        out = shard.on_tick(Tick(t + W, {0: i + 1}, (0,)))
+        assert len(shard.held_windows) + len(shard.held_aggs) < 24
+        for o in out:
+            if isinstance(o, RollupPart):
+                sent.append(o)
+                answers += rollups.on_part(o)
+    assert 0 < len(sent) < windows // 5
+    assert not any(p.answer for p in sent) and answers == []  # the day is not final yet
+    (end,) = [r for r in shard.provisional() if isinstance(r, RollupPart)]
+    rollups.on_part(end)
+    (report,) = rollups.provisional()
+    day_start = T0 - T0 % day
+    assert report.rollup_rates[(day, day_start)] == (windows, 0, 0, 0, 7, 1)
+
+
+def test_rollup_hashes_pickle_as_buffers() -> None:
+    rollups = ShardRollups((HOUR,), H)
+    rollups.on_part(
+        RollupPart("ns", 0, T0, {T0: [3, 0, 0, 0, set(range(300)), {1, 2}]}, {}, answer=False)
+    )
+    snap = rollups.snapshot()
+    assert len(snap) < 300 * 8 + 1000  # the hashes as 8 bytes each, not an object each
+    again = ShardRollups.restore((HOUR,), H, snap)
+    (report,) = again.provisional()
+    assert report.rollup_rates == {(HOUR, T0): (3, 0, 0, 0, 300, 2)}

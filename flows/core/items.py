@@ -118,8 +118,10 @@ class Report(NamedTuple):
 
 
 class RollupPart(NamedTuple):
-    """What a shard closed on one tick, for its roll-ups: the base windows made final and
-    the outcome aggregates decided (or, ``provisional``, what is open at a run's end)."""
+    """What a shard closed, for its roll-ups: the base windows made final and the outcome
+    aggregates decided since its last part (or, ``provisional``, what is open at a run's
+    end). Sent when a roll-up becomes final on the tick (``answer``: the roll-ups report on
+    it) or when the shard holds many closed windows."""
 
     namespace: str
     shard: int
@@ -127,6 +129,7 @@ class RollupPart(NamedTuple):
     windows: dict[int, WindowPart]
     outcomes: dict[int, tuple[Any, ...]]
     provisional: bool = False
+    answer: bool = True  # the shard's report said the roll-ups report on this tick
 
 
 class Counts(NamedTuple):

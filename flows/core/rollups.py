@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 from array import array
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -28,24 +29,30 @@ from flows.core.outcomes import OutcomeAgg
 
 
 class _Distinct:
-    """Distinct 64-bit hashes: a sorted unique array, and a set of the latest ones.
+    """Distinct 64-bit hashes: a sorted unique array, and an array of those added since.
 
-    A window adds a few hashes per shard: they join a set (cheap for a few); once the set
-    is large it is folded into the sorted array (8 bytes a hash, cheap to keep for a day
-    and to snapshot).
+    A window adds a few hashes per shard: they are appended to ``recent`` (8 bytes each,
+    repeats allowed); once ``recent`` is as long as the sorted array (and at least
+    ``_FOLD_AT``), the two are merged into one sorted unique array: each hash is sorted a
+    bounded number of times however long the roll-up, and a day of them costs 8 bytes a
+    hash to keep and to snapshot.
     """
 
     __slots__ = ("done", "recent")
 
     def __init__(self) -> None:
         self.done = np.empty(0, dtype=np.uint64)
-        self.recent: set[int] = set()
+        self.recent = array("Q")
 
-    def add(self, hashes: set[int]) -> None:
-        self.recent |= hashes
-        if len(self.recent) > _FOLD_AT:
-            self.done = np.union1d(self.done, _array(self.recent))
-            self.recent = set()
+    def add(self, hashes: Iterable[int]) -> None:
+        recent = self.recent
+        recent.extend(hashes)
+        if len(recent) >= _FOLD_AT and len(recent) >= self.done.size:
+            self._fold()
+
+    def _fold(self) -> None:
+        self.done = np.union1d(self.done, np.frombuffer(self.recent, dtype=np.uint64))
+        self.recent = array("Q")
 
     def absorb(self, other: _Distinct) -> None:
         if other.done.size:
@@ -54,22 +61,29 @@ class _Distinct:
 
     def copy(self) -> _Distinct:
         out = _Distinct()
-        out.done, out.recent = self.done, set(self.recent)  # arrays are never changed
+        out.done, out.recent = self.done, array("Q", self.recent)  # arrays are never changed
         return out
 
     def count(self) -> int:
         if not self.recent:
             return int(self.done.size)
-        if not self.done.size:
-            return len(self.recent)
-        return int(np.union1d(self.done, _array(self.recent)).size)
+        recent = np.frombuffer(self.recent, dtype=np.uint64)
+        return int(np.union1d(self.done, recent).size)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as two buffers of 8-byte hashes, not an object per hash.
+        return (_distinct, (self.done.tobytes(), self.recent.tobytes()))
 
 
-_FOLD_AT = 4096
+def _distinct(done: bytes, recent: bytes) -> _Distinct:
+    out = _Distinct()
+    out.done = np.frombuffer(done, dtype=np.uint64)  # read-only: arrays are never changed
+    out.recent.frombytes(recent)
+    return out
 
 
-def _array(hashes: set[int]) -> np.ndarray:
-    return np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+_FOLD_AT = 1024
+"""Hashes appended before a roll-up's first merge into the sorted array."""
 
 
 class RollupRates:
@@ -256,6 +270,8 @@ class ShardRollups:
         for start, fields in part.outcomes.items():
             rollups.outcome_final(start, fields)
         rates, outcomes = rollups.final(part.closed_until)
+        if not part.answer:
+            return []  # nothing final: the shard did not announce a report
         return [
             Report(
                 self.namespace, part.closed_until, self.shard, (), {}, {},

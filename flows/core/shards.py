@@ -23,6 +23,10 @@ from flows.core.partials import merge_window, summary
 
 ShardOutput = Report | RollupPart
 
+_HOLD_AT_MOST = 24
+"""Closed windows and outcome aggregates a shard holds for its roll-ups before it sends
+them on even though no roll-up is final (bounds its state when every roll-up is long)."""
+
 
 class Shard:
     """One (namespace, shard)'s open windows, open incidents and watermark bookkeeping."""
@@ -42,6 +46,10 @@ class Shard:
         self.windows: dict[int, WindowPart] = {}
         # When the roll-ups this shard added to become final: they must hear of that tick.
         self.rollups_due: set[int] = set()
+        # Closed windows and final outcome aggregates not yet sent to the roll-ups: they go
+        # together when a roll-up becomes final (or many are held), one item, not one a tick.
+        self.held_windows: dict[int, WindowPart] = {}
+        self.held_aggs: dict[int, tuple[Any, ...]] = {}
 
     def on_part(self, part: ShardPart) -> list[ShardOutput]:
         self.namespace, self.shard = part.namespace, part.shard
@@ -86,19 +94,24 @@ class Shard:
                 rates[start] = summary(window)
             self.outcomes.advance(closed)
             final_aggs = {s: a.fields() for s, a in self.outcomes.final_aggs(closed).items()}
-        to_rollups = self._due(closed, closed_windows, final_aggs)
+        due = self._due(closed, closed_windows, final_aggs)
         report = Report(
             self.namespace, closed, self.shard, tick.expected, rates, final_aggs,
-            rollups_follow=to_rollups,
+            rollups_follow=due,
         )  # fmt: skip
-        if not to_rollups:
+        if not self.rollups:
             return [report]
-        part = RollupPart(self.namespace, self.shard, closed, closed_windows, final_aggs)
-        return [report, part]
+        self.held_windows.update(closed_windows)
+        self.held_aggs.update(final_aggs)
+        if not due and len(self.held_windows) + len(self.held_aggs) < _HOLD_AT_MOST:
+            return [report]
+        windows, aggs = self.held_windows, self.held_aggs
+        self.held_windows, self.held_aggs = {}, {}
+        return [report, RollupPart(self.namespace, self.shard, closed, windows, aggs, answer=due)]
 
     def _due(self, closed: int, windows: dict[int, Any], aggs: dict[int, Any]) -> bool:
-        """Whether the roll-ups must hear of this tick: it closed something of theirs, or
-        one they hold becomes final."""
+        """Whether a roll-up this shard added to becomes final on this tick: then the
+        roll-ups hear of it, with what the shard held for them, and report on it."""
         if not self.rollups:
             return False
         horizon = self.horizon_us
@@ -107,7 +120,7 @@ class Shard:
             self.rollups_due.update(s - s % length + length + horizon for s in aggs)
         due = {t for t in self.rollups_due if t <= closed}
         self.rollups_due -= due
-        return bool(windows or aggs or due)
+        return bool(due)
 
     def provisional(self) -> list[ShardOutput]:
         """At the end of a run: the ticks that can be applied, then what is still open."""
@@ -118,8 +131,11 @@ class Shard:
         if rates or outcomes:
             out.append(Report(self.namespace, closed, self.shard, (), rates, outcomes, True))
         if self.rollups:
-            windows = {s: w for s, w in self.windows.items()}
-            out.append(RollupPart(self.namespace, self.shard, closed, windows, outcomes, True))
+            # what is held for the roll-ups is final, but not in them yet: it goes with the
+            # open windows and aggregates (their starts differ)
+            windows = self.held_windows | self.windows
+            aggs = self.held_aggs | outcomes
+            out.append(RollupPart(self.namespace, self.shard, closed, windows, aggs, True))
         return out
 
     def snapshot(self) -> bytes:
@@ -134,6 +150,8 @@ class Shard:
                 self.windows,
                 self.outcomes.snapshot(),
                 self.rollups_due,
+                self.held_windows,
+                self.held_aggs,
             ),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
@@ -156,6 +174,8 @@ class Shard:
             self.windows,
             outcomes,
             self.rollups_due,
+            self.held_windows,
+            self.held_aggs,
         ) = pickle.loads(snap)
         self.outcomes.restore(outcomes)
         return self

@@ -21,7 +21,7 @@ from bytewax.recovery import init_db_dir
 from flows.core.eventtime import duration_label
 from flows.settings import Settings, start_time_us
 
-STATE_FORMAT = 3
+STATE_FORMAT = 4
 """Bumped whenever a class pickled in the state moves or changes: an older state is refused
 with a clear message instead of failing to load (``tests/test_flow.py`` holds the list)."""
 META = "party_rates_state.json"
