@@ -105,6 +105,13 @@ def _without(*fields: str, **overrides: Any) -> bytes:
         (_doc()[:-1] + b',"x":"\\ud800"}', "dead"),  # an unpaired surrogate is no UTF-8
         (_doc()[:-1] + b',"x":"\\ud83d\\ude00"}', "event"),  # a paired one is
         (_doc()[:-1] + b',"x":1e308}', "event"),
+        # NaN, Infinity and numbers beyond a double read as numbers, as encoders write them
+        (_doc()[:-1] + b',"x":NaN}', "event"),
+        (_doc()[:-1] + b',"x":-Infinity}', "event"),
+        (_doc()[:-1] + b',"x":-1e400}', "event"),
+        (_doc()[:-1] + b',"x":NaN,"version":"1"}', "dead"),
+        (_doc(name="Other", traceId="PartyDroppedEvent")[:-1] + b',"x":NaN,"version":"1"}', "skip"),
+        (_doc(name="Other", traceId="PartyDroppedEvent")[:-1] + b',"x":1e400,"id":1}', "skip"),
         (_doc()[:-1] + b',"x":"a\x01"}', "dead"),  # a raw control character
         (_doc()[:-1] + b',"x":01}', "dead"),
         (_doc()[:-1] + b',"id":"second"}', "event"),  # the last of a repeated field

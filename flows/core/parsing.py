@@ -8,6 +8,7 @@ JSON object, is a dead letter with a readable reason. Nothing raises.
 
 from __future__ import annotations
 
+import json
 import re
 import types
 from functools import partial
@@ -198,7 +199,11 @@ def _explain(value: bytes, err: ValidationError) -> str | None:
     except orjson.JSONDecodeError as exc:
         if isinstance(exc.__cause__, UnicodeDecodeError) or "utf-8" in str(exc).lower():
             return "invalid UTF-8"
-        return f"not JSON: {str(exc)[:200]}"
+        # NaN, Infinity and numbers beyond a double, which the decoders read as numbers
+        try:
+            doc = json.loads(value)
+        except (ValueError, RecursionError):
+            return f"not JSON: {str(exc)[:200]}"
     if not isinstance(doc, dict):
         return f"not a JSON object but {type(doc).__name__}"
     name = doc.get("name")
