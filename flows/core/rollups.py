@@ -55,8 +55,12 @@ class _Distinct:
         self.recent = array("Q")
 
     def absorb(self, other: _Distinct) -> None:
-        if other.done.size:
-            self.done = np.union1d(self.done, other.done) if self.done.size else other.done
+        """Take in a shorter roll-up's hashes: appended like a window's, so a day built from
+        its hours is sorted a bounded number of times, not once an hour."""
+        if other.done.size and not self.done.size and not self.recent:
+            self.done = other.done  # the first hour of a day (arrays are never changed)
+        elif other.done.size:
+            self.recent.frombytes(other.done.tobytes())
         self.add(other.recent)
 
     def copy(self) -> _Distinct:
@@ -67,6 +71,8 @@ class _Distinct:
     def count(self) -> int:
         if not self.recent:
             return int(self.done.size)
+        if not self.done.size:
+            return len(set(self.recent))  # a few: cheaper than sorting them
         recent = np.frombuffer(self.recent, dtype=np.uint64)
         return int(np.union1d(self.done, recent).size)
 
@@ -176,22 +182,38 @@ class Rollups:
     def _fed(self, length: int) -> list[int]:
         return [n for n in self.lengths if self.source[n] == length]
 
-    def window_closed(self, start: int, window: WindowPart) -> None:
+    def windows_closed(self, windows: dict[int, WindowPart]) -> None:
+        """Base windows made final: their counts and hashes join their roll-ups (one pass,
+        the hashes appended, each roll-up's merge checked once)."""
+        rates = self.rates
         for length in self.from_base:
-            key = (length, start - start % length)
-            acc = self.rates.get(key)
-            if acc is None:
-                acc = self.rates[key] = RollupRates()
-            acc.add(window)
+            touched = set()
+            for start, window in windows.items():
+                key = (length, start - start % length)
+                acc = rates.get(key)
+                if acc is None:
+                    acc = rates[key] = RollupRates()
+                counts = acc.counts
+                counts[0] += window[0]
+                counts[1] += window[1]
+                counts[2] += window[2]
+                counts[3] += window[3]
+                acc.users.recent.extend(window[4])
+                acc.parties.recent.extend(window[5])
+                touched.add(acc)
+            for acc in touched:
+                acc.users.add(())
+                acc.parties.add(())
 
-    def outcome_final(self, start: int, fields: tuple[Any, ...]) -> None:
-        """A base window's final outcome aggregate (``OutcomeAgg.fields()``)."""
+    def outcomes_final(self, aggs: dict[int, tuple[Any, ...]]) -> None:
+        """Base windows' final outcome aggregates (``OutcomeAgg.fields()``)."""
         for length in self.from_base:
-            key = (length, start - start % length)
-            acc = self.outcomes.get(key)
-            if acc is None:
-                acc = self.outcomes[key] = RollupOutcomes()
-            acc.add(fields)
+            for start, fields in aggs.items():
+                key = (length, start - start % length)
+                acc = self.outcomes.get(key)
+                if acc is None:
+                    acc = self.outcomes[key] = RollupOutcomes()
+                acc.add(fields)
 
     def final(
         self, closed_until: int
@@ -265,10 +287,8 @@ class ShardRollups:
             self.open = part
             return []
         rollups = self.rollups
-        for start, window in part.windows.items():
-            rollups.window_closed(start, window)
-        for start, fields in part.outcomes.items():
-            rollups.outcome_final(start, fields)
+        rollups.windows_closed(part.windows)
+        rollups.outcomes_final(part.outcomes)
         rates, outcomes = rollups.final(part.closed_until)
         if not part.answer:
             return []  # nothing final: the shard did not announce a report
