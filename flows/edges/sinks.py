@@ -210,10 +210,9 @@ class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
         self.last_flush = time.monotonic()
         self.newest_day: date | None = None  # of the final rows seen
         # Restored rows were written after the last snapshot of the previous run, or not
-        # at all if it was killed: write them now (files already up to date are left alone)
-        # so the buffer does not carry them from run to run.
-        if self.buffered:
-            self.flush()
+        # at all if it was killed. They stay in the buffer, merged by key with this run's
+        # rows like any others, and are written with them (a file already up to date is
+        # left alone): each file is read and written once a run, not once more at start.
 
     def write_batch(self, values: list[Routed | FlushTick]) -> None:
         spec = self.sink.spec
