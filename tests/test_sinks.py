@@ -139,7 +139,7 @@ def test_stale_temporary_files_are_removed_and_real_files_kept(tmp_path: Path) -
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a file")
-    assert storage.remove_stale_temp_files() == len(stale)
+    assert storage.prepare() == len(stale)  # what a run does before it reads anything
     assert not any(p.exists() for p in stale)
     assert _read(storage, RATES_FILE)[0]["disconnected"] == 1
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["part-0.parquet"]
