@@ -379,9 +379,13 @@ class Storage:
         for relpath, table in tables:
             full = self.path(relpath)
             directory, name = posixpath.split(full)
-            os.makedirs(directory, exist_ok=True)
             tmp = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-            with open(tmp, "wb") as out:
+            try:
+                out = open(tmp, "wb")  # noqa: SIM115 (closed below)
+            except FileNotFoundError:  # a new directory: made only then
+                os.makedirs(directory, exist_ok=True)
+                out = open(tmp, "wb")  # noqa: SIM115
+            with out:
                 pq.write_table(table, out)
             staged.append((tmp, full, directory))
         _sync([tmp for tmp, _full, _dir in staged], self.root)  # data before names point at it
