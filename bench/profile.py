@@ -30,6 +30,7 @@ STEPS = (  # (step, a frame that marks it), the first that matches a sample's st
     ("partition step: consume", "source.py:"),
     ("partition step: skip, parse, dedup", "process_batch"),
     ("shards: merge parts, match outcomes", "ShardLogic"),
+    ("roll-ups: hour and day windows", "RollupsLogic"),
     ("rows: add shards' reports up", "RowsLogic"),
     ("clock: watermark, ticks", "ClockLogic"),
     ("sinks: buffer rows", "ParquetPart.write_batch"),

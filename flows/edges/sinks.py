@@ -297,7 +297,7 @@ def write_files(
         tables.append((relpath, table.slice(offset, len(rows))))
         offset += len(rows)
     storage.write_tables(tables)
-    for relpath, rows in changed:
+    for _relpath, rows in changed:
         METRICS.wrote(spec.name, len(rows))
 
 
