@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import Producer
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
+from flows.edges.source import QUIET
 from flows.tooling.simulator import SimConfig, chunks, envelope, generate, produce
 from tests import reference
 from tests.helpers import (
@@ -127,7 +128,7 @@ def _event(name: str, ns: str, t_us: int, user: str = "u1", party: str = "p1") -
 
 
 def _send(bootstrap: str, topic: str, docs: list[dict], partition: int | None = None) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap})
+    producer = Producer({"bootstrap.servers": bootstrap, "logger": QUIET})
     for doc in docs:
         kwargs = {} if partition is None else {"partition": partition}
         producer.produce(topic, key=doc["id"].encode(), value=orjson.dumps(doc), **kwargs)

@@ -20,6 +20,7 @@ Everything is derived from the seed: the same config gives the same messages.
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import random
 from bisect import bisect_right
@@ -470,6 +471,11 @@ def _malformed(rng: random.Random, i: int, t_us: int) -> bytes:
     return kinds[i % len(kinds)]
 
 
+_QUIET = logging.getLogger("party-rates.simulator.kafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
 def produce(
     bootstrap: str,
     topic: str,
@@ -484,6 +490,8 @@ def produce(
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 500_000,
             "compression.type": "none",
+            # its log lines would outlive a broker a test stopped; a failed delivery raises
+            "logger": _QUIET,
             **(config or {}),
         }
     )
