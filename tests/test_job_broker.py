@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
 from flows.edges.source import QUIET
-from flows.tooling.simulator import SimConfig, chunks, envelope, generate, produce
+from flows.tooling.simulator import SimConfig, Truth, chunks, envelope, generate, produce
 from tests import reference
 from tests.helpers import (
     assert_matches_reference,
@@ -55,16 +55,20 @@ def test_scheduled_run_matches_reference(broker, tmp_path: Path) -> None:
     (manifest,) = load_manifests(out)
     assert manifest["status"] == "completed"
     _check_counts(manifest)
-    # The simulator's own account of what it made, under the README's rules.
-    counts = manifest["counts"]
+    assert_as_simulated(out, manifest["counts"], messages, truth)
+    assert "completed" in result.stderr and "counted" in result.stderr
+    assert load_dead_letters(out)["error"].str.len().min() > 5
+
+
+def assert_as_simulated(out: Path, counts: dict, messages: list, truth: Truth) -> None:
+    """The counts and late events are the simulator's own account of what it made, under
+    the README's rules."""
     assert truth.late > 0 and truth.duplicates > 0 and truth.malformed > 0
     assert counts["messages"] == len(messages)
     assert counts["dead_letters"] == truth.malformed
     assert counts["duplicates"] == truth.duplicates
     assert counts["late"] == truth.late
     assert set(load_late_events(out)["id"]) == truth.late_ids
-    assert "completed" in result.stderr and "counted" in result.stderr
-    assert load_dead_letters(out)["error"].str.len().min() > 5
 
 
 def _first_counted_everywhere(messages: list, partitions: int = 4) -> int:
@@ -318,14 +322,7 @@ def test_multi_day_backlog_matches_reference(broker, tmp_path: Path) -> None:
     run_job(broker.bootstrap, topic, out, tmp_path / "state")
     assert_matches_reference(out, read_topic(broker.bootstrap, topic, 2))
     assert len({d.name for d in (out / "party_rates").glob("*/*")}) >= 4
-    # The simulator's own account of what it made, under the README's rules.
-    counts = total_counts(out)
-    assert truth.late > 0 and truth.duplicates > 0 and truth.malformed > 0
-    assert counts["messages"] == len(messages)
-    assert counts["dead_letters"] == truth.malformed
-    assert counts["duplicates"] == truth.duplicates
-    assert counts["late"] == truth.late
-    assert set(load_late_events(out)["id"]) == truth.late_ids
+    assert_as_simulated(out, total_counts(out), messages, truth)
 
 
 def test_a_partition_without_counted_events_can_meet_a_final_window(broker, tmp_path: Path) -> None:
