@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flows.analysis import load_manifests
 from flows.cli import commit_final_positions
+from flows.edges import group
 from flows.edges.group import group_commits
 from flows.edges.manifest import manifest_path
 from flows.edges.metrics import RESULTS
@@ -246,7 +247,16 @@ def _group_settings(bootstrap: str, topic: str, tmp_path: Path, **more: Any) -> 
     )  # fmt: skip
 
 
+@pytest.fixture
+def in_process_commits() -> Iterator[None]:
+    """Commits made in the test process itself are forgotten after the test (their admin
+    client would otherwise outlive the broker, retrying it until the process exits)."""
+    yield
+    group._CURRENT.clear()
+
+
 @pytest.mark.broker
+@pytest.mark.usefixtures("in_process_commits")
 def test_a_commit_failure_no_batch_reported_reaches_the_manifest_at_the_end(
     broker, tmp_path: Path
 ) -> None:
@@ -267,6 +277,7 @@ def test_a_commit_failure_no_batch_reported_reaches_the_manifest_at_the_end(
 
 
 @pytest.mark.broker
+@pytest.mark.usefixtures("in_process_commits")
 def test_other_processes_end_with_their_partitions_at_the_final_positions(
     broker, tmp_path: Path
 ) -> None:
