@@ -183,27 +183,14 @@ class Rollups:
         return [n for n in self.lengths if self.source[n] == length]
 
     def windows_closed(self, windows: dict[int, WindowPart]) -> None:
-        """Base windows made final: their counts and hashes join their roll-ups (one pass,
-        the hashes appended, each roll-up's merge checked once)."""
-        rates = self.rates
+        """Base windows made final: their counts and hashes join their roll-ups."""
         for length in self.from_base:
-            touched = set()
             for start, window in windows.items():
                 key = (length, start - start % length)
-                acc = rates.get(key)
+                acc = self.rates.get(key)
                 if acc is None:
-                    acc = rates[key] = RollupRates()
-                counts = acc.counts
-                counts[0] += window[0]
-                counts[1] += window[1]
-                counts[2] += window[2]
-                counts[3] += window[3]
-                acc.users.recent.extend(window[4])
-                acc.parties.recent.extend(window[5])
-                touched.add(acc)
-            for acc in touched:
-                acc.users.add(())
-                acc.parties.add(())
+                    acc = self.rates[key] = RollupRates()
+                acc.add(window)
 
     def outcomes_final(self, aggs: dict[int, tuple[Any, ...]]) -> None:
         """Base windows' final outcome aggregates (``OutcomeAgg.fields()``)."""
