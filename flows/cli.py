@@ -64,6 +64,11 @@ FLAGS: dict[str, dict[str, Any]] = {
     "metrics_file": {
         "help": "write the run's metrics to this .prom file when it ends (textfile collector)"
     },
+    "recompute": {
+        "action": "store_true",
+        "default": None,
+        "help": "let this run replace final rows of an existing output (with an empty --state)",
+    },
 }
 API_ENV = (
     "BYTEWAX_DATAFLOW_API_ENABLED",
@@ -241,9 +246,17 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from flows.edges.source import SourceError, TopicSource, list_partitions, start_offsets
+    from flows.edges import recovery
+    from flows.edges.source import (
+        SourceError,
+        TopicSource,
+        end_offsets,
+        list_partitions,
+        start_offsets,
+    )
     from flows.edges.statedir import StateDir, StateError
     from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
+    from flows.edges.table import TableError
     from flows.failpoints import Failpoints
     from flows.party_rates import build_flow
 
@@ -252,13 +265,34 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
     failpoints = Failpoints(settings.failpoint)
     try:
         with state.locked(settings.process_id):
-            state.prepare(settings)
             if settings.process_id in (None, 0) and storage.exists(f"_runs/{settings.run_id}.json"):
                 raise Fail(EXIT_SETTINGS, f"a run with id {settings.run_id!r} already exists")
             check_kafka_settings(settings)
             check_metrics_settings(settings)
             config = settings.kafka_base_config()
-            parts = list_partitions(config, settings.topic, settings.connect_seconds)
+            parts: list[int] = []
+            bounds: dict[int, tuple[int, int]] = {}
+
+            def probe() -> dict[int, tuple[int, int]]:
+                if not parts:
+                    parts.extend(list_partitions(config, settings.topic, settings.connect_seconds))
+                if not bounds:
+                    bounds.update(
+                        end_offsets(config, settings.topic, parts, settings.connect_seconds)
+                    )
+                return bounds
+
+            # the output and the state first: they may refuse before the brokers are asked
+            view = recovery.prepare(settings, state, storage, probe)
+            if not parts:
+                parts.extend(list_partitions(config, settings.topic, settings.connect_seconds))
+            if view.rebuilt and not quiet:
+                print(f"party-rates: rebuilding the state: {view.rebuilt}", file=sys.stderr)
+            if view.rebuilt:
+                for line in view.notes:
+                    print(f"party-rates: warning: {line}", file=sys.stderr)
+                for inc in view.covered.incomplete:
+                    print(f"party-rates: warning: incomplete: {inc.describe()}", file=sys.stderr)
             state.start(
                 settings,
                 resolve=lambda start_at: start_offsets(
@@ -285,8 +319,8 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
                     "process_id": settings.process_id,
                     "addresses": settings.addresses.split(";"),
                 }
-            source = TopicSource(settings, failpoints, partitions=parts)
-            flow = build_flow(settings, source, failpoints)
+            source = TopicSource(settings, failpoints, partitions=parts, bounds=bounds or None)
+            flow = build_flow(settings, source, failpoints, view)
             bytewax_api_environment(settings, state.path)
             fewer_collections()
             try:
@@ -302,15 +336,20 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
                     commit_final_positions(settings, state, storage, failpoints, settled=False)
                 raise
             failpoints.run_durable()
-            commit_final_positions(settings, state, storage, failpoints, settled=True)
             failures = take_end_of_run_failures()
+            if not failures:
+                state.mark_done(settings.run_id, settings.process_id or 0)
+                if not settings.process_id:
+                    processes = len(settings.addresses.split(";")) if settings.addresses else 1
+                    recovery.write_record(settings, state, storage, view, processes)
+            commit_final_positions(settings, state, storage, failpoints, settled=True)
             if failures:
                 raise StorageError(f"{failures[0]}; the next run writes what is missing")
     except Fail:
         raise
     except StorageError as err:
         raise Fail(EXIT_STORAGE, str(err)) from None
-    except StateError as err:
+    except (StateError, TableError) as err:
         raise Fail(EXIT_STATE, str(err)) from None
     except SourceError as err:
         raise Fail(EXIT_KAFKA, str(err)) from None
@@ -434,13 +473,28 @@ def summary(manifest: dict[str, Any]) -> str:
 
 def run_local_cluster(settings: Settings, argv: list[str]) -> int:
     """``--processes N``: N processes of one Bytewax cluster on loopback, like ``-i/-a``."""
+    from flows.edges import recovery
+    from flows.edges.source import SourceError, end_offsets, list_partitions
     from flows.edges.statedir import StateDir, StateError
+    from flows.edges.storage import Storage, StorageError
+    from flows.edges.table import TableError
     from flows.tooling.broker import free_port
 
-    try:
-        StateDir(settings.state).prepare(settings)
-    except StateError as err:
+    try:  # the state is checked, made or rebuilt once, before the processes start
+        config = settings.kafka_base_config()
+        parts = list_partitions(config, settings.topic, settings.connect_seconds)
+        recovery.prepare(
+            settings,
+            StateDir(settings.state),
+            Storage.for_settings(settings),
+            lambda: end_offsets(config, settings.topic, parts, settings.connect_seconds),
+        )
+    except (StateError, TableError) as err:
         raise Fail(EXIT_STATE, str(err)) from None
+    except SourceError as err:
+        raise Fail(EXIT_KAFKA, str(err)) from None
+    except StorageError as err:
+        raise Fail(EXIT_STORAGE, str(err)) from None
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(settings.processes))
     base = [a for a in argv if not a.startswith("--processes")]
     if "--processes" in argv:  # drop "--processes N" given as two words

@@ -18,17 +18,17 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 
-from flows.core.items import BatchResult, FlushTick, Report, RollupPart
+from flows.core.items import CLOCK, FLOW_ID, KAFKA, BatchResult, FlushTick, Report, RollupPart
 from flows.edges.manifest import ManifestSink
 from flows.edges.metrics import METRICS, serve_with_bytewax
 from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, ParquetSink, route, window_datasets
 from flows.edges.source import TopicSource
+from flows.edges.statedir import StateDir
 from flows.edges.storage import Storage
+from flows.edges.table import OutputView, datasets, read_record, view_of
 from flows.failpoints import Failpoints
 from flows.settings import Settings
 from flows.steps import ClockLogic, RollupsLogic, RowsLogic, ShardLogic
-
-CLOCK = "clock"
 
 
 def _of_kind(kind: str) -> Callable[[tuple[str, tuple[str, Any]]], Any]:
@@ -49,9 +49,11 @@ def build_flow(
     settings: Settings | None = None,
     source: FixedPartitionedSource | None = None,
     failpoints: Failpoints | None = None,
+    view: OutputView | None = None,
 ) -> Dataflow:
     """Wire the dataflow. Without ``settings`` they come from ``PARTY_RATES_*``; ``source``
-    replaces the Kafka input (tests)."""
+    replaces the Kafka input (tests); ``view``: what the output's record says (read here
+    when not given)."""
     if settings is None:
         settings = Settings()
     failpoints = failpoints or Failpoints(settings.failpoint)
@@ -59,15 +61,20 @@ def build_flow(
     if settings.metrics_port is not None:
         # prometheus_client's default registry, which Bytewax's API server serves
         serve_with_bytewax()
-    source = source or TopicSource(settings, failpoints)
-    partitions = [int(p) for p in source.list_parts()]
     storage = Storage.for_settings(settings, failpoints)
-    flush = settings.flush_seconds if settings.follow else None
     w, late, horizon = settings.window_us, settings.lateness_us, settings.outcome_horizon_us
     rollups, shards = settings.rollup_lengths_us, settings.shards
-    flow = Dataflow("party_rates")
+    if view is None:
+        plan = StateDir(settings.state).rebuild_plan()
+        view = view_of(read_record(storage), plan, datasets(w, rollups), horizon)
+    source = source or TopicSource(settings, failpoints)
+    if isinstance(source, TopicSource):
+        source.view = view
+    partitions = [int(p) for p in source.list_parts()]
+    flush = settings.flush_seconds if settings.follow else None
+    flow = Dataflow(FLOW_ID)
 
-    batches = op.input("kafka", flow, source)
+    batches = op.input(KAFKA, flow, source)
     # BatchResult: one consumed batch of one partition, classified, deduplicated and folded
 
     parts = op.flat_map("parts", batches, lambda b: b.parts)
@@ -80,11 +87,11 @@ def build_flow(
 
     span = max((w, *rollups))
     clock = op.stateful_batch(
-        "clock",
+        CLOCK,
         progress,
         partial(
             ClockLogic, w, late, horizon, shards, span, partitions,
-            on_watermark=METRICS.watermark,
+            on_watermark=METRICS.watermark, closed_floor=view.closed_floor,
         ),
     )  # fmt: skip
     # ("clock", ("to_shard", (shard key, Tick | ShardPart)) | ("late", row) | ("late_count", n))
@@ -133,20 +140,21 @@ def build_flow(
     ticking = op.filter("flush_ticks", batches, lambda b: b.flush_tick)
     # BatchResult marked about every second while following: lets the sinks write on time
 
-    datasets = [
+    windowed = [
         (spec.name, op.filter_map(f"{spec.name}_rows", outputs, _of_kind(spec.name)), spec, n)
-        for spec, n in window_datasets(w, rollups)
+        for spec, n in window_datasets(w, rollups, settings.recompute)
     ]
     # [row] of one dataset: final rows as windows close, provisional rows at a run's end;
     # party_rates and disconnect_outcomes (final a horizon later), and their roll-ups
 
     for name, stream, spec, n in (
-        *datasets,
+        *windowed,
         ("late_events", late_rows, LATE_EVENTS, 2),
         ("dead_letters", dead, DEAD_LETTERS, 2),
     ):
         sink = ParquetSink(storage, spec, flush_seconds=flush, parts=n)
-        routed = op.flat_map(f"route_{name}", stream, route(spec))
+        covered = None if spec.final_column is None or settings.recompute else view.covered
+        routed = op.flat_map(f"route_{name}", stream, route(spec, covered))
         ticks_in = op.flat_map(f"{name}_ticks", ticking, _flush_ticks(sink))
         op.output(name, op.merge(f"{name}_in", routed, ticks_in), sink)
         # (file path, [row]) | (flush key, FlushTick) -> one Parquet file per path
@@ -158,6 +166,7 @@ def build_flow(
         settings.follow,
         settings.flush_seconds,
         partitions,
+        view,
     )
     op.output("manifest", op.map("route_stats", stats, lambda s: ("manifest", s)), manifest)
     return flow

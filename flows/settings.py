@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     metrics_file: str | None = Field(
         None, description="Write the run's metrics here at its end (node_exporter textfile)"
     )
+    recompute: bool = Field(
+        False,
+        description="Let this run replace final rows of the output: a deliberate recompute "
+        "into an existing output, with an empty --state (see README, Upgrading and recovery)",
+    )
     failpoint: str | None = Field(
         None, description="Tests only (PARTY_RATES_FAILPOINT): stop the process at this point"
     )

@@ -30,11 +30,12 @@ class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
         snap: bytes | None,
         *,
         on_watermark: Callable[[int | None], None] | None = None,
+        closed_floor: int | None = None,
     ) -> None:
         self.on_watermark = on_watermark  # told the watermark after each batch (metrics)
         args = (window_us, lateness_us, partitions)
         self.clock = (
-            Clock(*args, horizon_us, shards, span_us=span_us)
+            Clock(*args, horizon_us, shards, span_us=span_us, closed_floor=closed_floor)
             if snap is None
             else Clock.restore(*args, snap, horizon_us, shards, span_us=span_us)
         )

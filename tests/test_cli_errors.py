@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.edges.statedir import STATE_FORMAT, StateDir, StateError, state_meta
+from flows.edges.statedir import StateDir, StateError, state_meta
 from flows.settings import Settings
 from flows.tooling.broker import free_port
 from tests.helpers import run_cli, run_job
@@ -77,25 +77,42 @@ def test_missing_topic_lists_what_exists(broker, tmp_path: Path) -> None:
 
 @pytest.mark.broker
 @pytest.mark.parametrize(
-    ("first", "then", "word"),
+    ("then", "words"),
     [
-        (("--window", "5m"), ("--window", "1m"), "fresh --state"),
-        ((), ("--allowed-lateness", "30m"), "lateness"),
-        ((), ("--rollups", "1h"), "roll-ups"),
-        ((), ("--shards", "8"), "shards"),
+        (("--window", "1m"), ("--window 1m", "window is 5m")),
+        (("--allowed-lateness", "30m"), ("--allowed-lateness 30m", "allowed lateness is 10m")),
+        (("--outcome-horizon", "2h"), ("--outcome-horizon 2h", "outcome horizon is 1h")),
+        (("--dedup-horizon", "1h"), ("--dedup-horizon 1h", "dedup horizon is 10m")),
+        (("--start-at", "latest"), ("--start-at latest", "start is earliest")),
     ],
 )
-def test_state_made_with_other_settings_is_refused(
-    broker, tmp_path: Path, first: tuple[str, ...], then: tuple[str, ...], word: str
+def test_settings_that_change_the_output_meaning_are_refused(
+    broker, tmp_path: Path, then: tuple[str, ...], words: tuple[str, ...]
+) -> None:
+    """Against the output itself: also with its state lost (exit 4, one line naming the
+    setting and both values)."""
+    topic = broker.new_topic(partitions=1)
+    run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s")
+    for state in ("s", "lost"):
+        result = run_cli(
+            "run", "--brokers", broker.bootstrap, "--topic", topic,
+            "--output", str(tmp_path / "o"), "--state", str(tmp_path / state), *then,
+        )  # fmt: skip
+        assert result.returncode == 4
+        line = _one_clear_line(result.stderr)
+        assert all(w in line for w in words), line
+    assert not (tmp_path / "lost" / "party_rates_state.json").exists()  # nothing was made
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("then", [("--rollups", "1h"), ("--shards", "8")])
+def test_changed_shards_or_rollups_rebuild_the_state(
+    broker, tmp_path: Path, then: tuple[str, ...]
 ) -> None:
     topic = broker.new_topic(partitions=1)
-    run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s", *first)
-    result = run_cli(
-        "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(tmp_path / "o"),
-        "--state", str(tmp_path / "s"), *then,
-    )  # fmt: skip
-    assert result.returncode == 4
-    assert word in _one_clear_line(result.stderr)
+    run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s")
+    result = run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s", *then)
+    assert "rebuilding the state" in result.stderr
 
 
 @pytest.mark.broker
@@ -145,24 +162,28 @@ def test_kafka_setting_the_client_rejects(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("meta", "word"),
     [
-        ('{"format": 0, "topic": "t"}', "format"),
-        (None, "not made by this version"),
-        # the previous version's state, made with these very settings: its classes moved
-        ("previous", f"has format {STATE_FORMAT - 1}, this version uses {STATE_FORMAT}"),
+        ('{"format": 0, "topic": "t"}', "format 0"),
+        (None, "holds saved state but no party_rates_state.json"),
+        ("older", "has format 3, this version reads 4 and 5"),
     ],
 )
-def test_state_from_another_version_is_refused(tmp_path: Path, meta: str | None, word: str) -> None:
+def test_unusable_state_without_an_output_record_is_refused(
+    tmp_path: Path, meta: str | None, word: str
+) -> None:
+    """A state this version cannot use is rebuilt from the output's record (tests in
+    test_recovery.py); without one, it is refused in one line, before any broker is asked."""
     state = tmp_path / "s"
     (state / "recovery").mkdir(parents=True)
     (state / "recovery" / "part-0.sqlite3").write_bytes(b"old")
-    if meta == "previous":
+    if meta == "older":
         settings = Settings(output=str(tmp_path / "o"), state=str(state))
-        meta = json.dumps(state_meta(settings) | {"format": STATE_FORMAT - 1})
+        meta = json.dumps(state_meta(settings) | {"format": 3})
     if meta is not None:
         (state / "party_rates_state.json").write_text(meta)
     result = run_cli("run", "--output", str(tmp_path / "o"), "--state", str(state))
     assert result.returncode == 4
-    assert word in _one_clear_line(result.stderr)
+    line = _one_clear_line(result.stderr)
+    assert word in line and "_table.json" in line
 
 
 def test_credentials_inside_an_object_store_output_are_refused(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from bytewax.testing import cluster_main, run_main
 
 from flows.analysis import load_manifests
 from flows.core.partition import PartitionState
-from flows.edges.source import PartitionReader, TopicSource, restore
+from flows.edges.source import PartitionReader, TopicSource
 from flows.party_rates import build_flow
 from flows.settings import Settings
 from flows.tooling.simulator import SimConfig, generate
@@ -77,11 +77,12 @@ class MemorySource(TopicSource):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> PartitionReader:
         p = int(for_part)
-        state = PartitionState(0, self.bucket_us)
-        if resume_state is not None:
-            restore(state, resume_state)
-        consumer = FakeConsumer(self.parts[p], state.next_offset)
-        return PartitionReader(self, consumer, p, state, len(self.parts[p]), None)
+        msgs = self.parts[p]
+        low = msgs[0].offset() if msgs else 0  # a trimmed partition begins later
+        high = msgs[-1].offset() + 1 if msgs else 0
+        state, gap = self.initial_state(p, low, high, resume_state)
+        consumer = FakeConsumer(msgs, state.next_offset - low)
+        return PartitionReader(self, consumer, p, state, high, gap)
 
 
 def _partitioned(
@@ -179,6 +180,14 @@ PICKLED_CLASSES = {
         ("flows.core.rollups", "RollupRates"),
         ("flows.core.rollups", "RollupOutcomes"),
         ("flows.core.rollups", "_distinct"),
+    },
+    5: {
+        ("flows.core.outcomes", "OutcomeAgg"),
+        ("flows.core.items", "Tick"),
+        ("flows.core.rollups", "RollupRates"),
+        ("flows.core.rollups", "RollupOutcomes"),
+        ("flows.core.rollups", "_distinct"),
+        ("flows.core.partition", "PartitionSnapshot"),
     },
 }
 

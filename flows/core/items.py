@@ -14,6 +14,13 @@ from typing import Any, NamedTuple
 
 Row = dict[str, Any]
 
+FLOW_ID = "party_rates"
+KAFKA, CLOCK = "kafka", "clock"
+"""Names of the dataflow's input and clock steps: their saved states are read outside the
+dataflow (flows.edges.statedir, flows.edges.table) under these step ids."""
+SOURCE_STEP = f"{FLOW_ID}.{KAFKA}"
+CLOCK_STEP = f"{FLOW_ID}.{CLOCK}"
+
 WindowPart = list[Any]
 """A partial aggregate of one (namespace, window) in one shard:
 ``[disconnected, rejoined, dropped, rejected, user hashes (set), party hashes (set)]``."""
@@ -134,7 +141,7 @@ class RollupPart(NamedTuple):
 
 class Counts(NamedTuple):
     """What happened to messages. counted + skipped + duplicates + late + dead_letters +
-    before_start always equals messages."""
+    before_start + reread always equals messages."""
 
     messages: int = 0
     counted: int = 0
@@ -143,6 +150,7 @@ class Counts(NamedTuple):
     late: int = 0
     dead_letters: int = 0
     before_start: int = 0  # events older than the state's start (--start-at)
+    reread: int = 0  # read again to rebuild a state: an earlier run counted them
 
     def plus(self, other: Counts) -> Counts:
         return Counts(*(a + b for a, b in zip(self, other, strict=True)))

@@ -59,6 +59,7 @@ class Clock:
         shards: int = 1,
         step_us: int = ROUND_STEP_US,
         span_us: int | None = None,
+        closed_floor: int | None = None,
     ) -> None:
         self.window_us = window_us
         self.span_us = span_us or window_us  # the longest window a shard keeps (roll-ups)
@@ -71,7 +72,9 @@ class Clock:
         self.keys: dict[str, _Track] = {}
         self.pending: dict[int, bool] = {}  # this run's reports; not part of the snapshot
         self.caught_up = False  # a partition reached its end since the last round
-        self.emitted: int | None = None  # closed_until of the latest round
+        # closed_until of the latest round; a clock without saved state starts where the
+        # output's final rows end (a rebuilt state: what is final is not made final again)
+        self.emitted: int | None = closed_floor
 
     def watermark(self) -> int | None:
         """Event time before which the topic is complete (µs), or None if not known yet."""
@@ -169,6 +172,13 @@ class Clock:
     def snapshot(self) -> bytes:
         keys = {k: (t.required, t.max_t_us, t.sent) for k, t in self.keys.items()}
         return pickle.dumps((self.partition_max, keys, self.emitted))
+
+    @staticmethod
+    def saved_progress(snap: bytes) -> tuple[dict[int, int], int | None]:
+        """(newest event time per partition, ``closed_until`` of the latest round) of a
+        saved clock."""
+        partition_max, _keys, emitted = pickle.loads(snap)
+        return dict(partition_max), emitted
 
     @classmethod
     def restore(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -24,6 +25,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from flows.core.items import BatchStats, Counts
 from flows.edges.metrics import METRICS
 from flows.edges.storage import Storage, end_of_run_failure
+from flows.edges.table import OutputView
 
 RunState = dict[str, dict[str, Any]]  # run_id -> accumulated manifest
 
@@ -32,8 +34,11 @@ def manifest_path(run_id: str) -> str:
     return f"_runs/{run_id}.json"
 
 
-def new_run(run_id: str, settings: dict[str, Any], now: datetime) -> dict[str, Any]:
+def new_run(
+    run_id: str, settings: dict[str, Any], now: datetime, rebuild: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
+        "rebuild": rebuild,
         "run_id": run_id,
         "started_at": now.isoformat(),
         "ended_at": None,
@@ -91,8 +96,17 @@ class ManifestSink(FixedPartitionedSink[Any, RunState]):
         follow: bool,
         flush_seconds: float,
         partitions: list[int] | None = None,
+        view: OutputView | None = None,
     ) -> None:
         self.partitions = list(partitions or [])
+        self.rebuild: dict[str, Any] | None = None
+        if view is not None and view.rebuilt is not None:
+            # this run rebuilt the state: why, what was lost, what will stay incomplete
+            self.rebuild = {
+                "reason": view.rebuilt,
+                "lost": list(view.notes),
+                "incomplete": [asdict(i) for i in view.covered.incomplete],
+            }
         self.storage = storage
         self.run_id = run_id
         self.settings = settings
@@ -120,7 +134,7 @@ class ManifestPart(StatefulSinkPartition[Any, RunState]):
                     self._write(rid, "interrupted")
                 del self.runs[rid]
         self.run = self.runs.setdefault(
-            sink.run_id, new_run(sink.run_id, sink.settings, datetime.now(UTC))
+            sink.run_id, new_run(sink.run_id, sink.settings, datetime.now(UTC), sink.rebuild)
         )
         self.display = ProgressDisplay(sink.progress, sys.stderr)
         self.last_flush = time.monotonic()

@@ -38,6 +38,7 @@ RESULTS = {  # manifest count -> the metric's result label
     "late": "late",
     "dead_letters": "dead_letter",
     "before_start": "before_start",
+    "reread": "reread",
 }
 
 
@@ -61,6 +62,9 @@ class RunMetrics:
             self.rows: dict[str, int] = {}
             self.files: dict[str, int] = {}
             self.commits = {"ok": 0, "failed": 0}
+            self.withheld_rows: dict[str, int] = {}  # rows of incomplete windows not written
+            self.kept_rows: dict[str, int] = {}  # final rows kept against a different one
+            self.incomplete: dict[str, int] = {}  # dataset -> windows the output lacks
             self.last_success: float | None = None
             self.last_failure: float | None = None
 
@@ -86,6 +90,18 @@ class RunMetrics:
         with self._lock:
             self.files[dataset] = self.files.get(dataset, 0) + 1
             self.rows[dataset] = self.rows.get(dataset, 0) + rows
+
+    def withheld(self, dataset: str) -> None:
+        with self._lock:
+            self.withheld_rows[dataset] = self.withheld_rows.get(dataset, 0) + 1
+
+    def kept_final(self, dataset: str) -> None:
+        with self._lock:
+            self.kept_rows[dataset] = self.kept_rows.get(dataset, 0) + 1
+
+    def incomplete_windows(self, counts: Mapping[str, int]) -> None:
+        """Per dataset, how many of its windows the output's record says are incomplete."""
+        self.incomplete = dict(counts)
 
     def group_commit(self, ok: bool) -> None:
         with self._lock:
@@ -123,6 +139,8 @@ class RunMetrics:
             counts = dict(self.counts) if self.counts is not None else None
             positions = dict(self.positions)
             rows, files, commits = dict(self.rows), dict(self.files), dict(self.commits)
+            withheld, kept = dict(self.withheld_rows), dict(self.kept_rows)
+            incomplete = dict(self.incomplete)
         now = time.time()
         if counts is not None:
             m = CounterMetricFamily(
@@ -190,6 +208,33 @@ class RunMetrics:
             for result in ("ok", "failed"):
                 c.add_metric([topic, result], commits[result])
             yield c
+        if incomplete:
+            g = GaugeMetricFamily(
+                "party_rates_incomplete_windows",
+                "Windows the output will not hold complete: their events were gone from the "
+                "topic when a state was rebuilt (the output's record lists them)",
+                labels=["topic", "dataset"],
+            )
+            for dataset, n in sorted(incomplete.items()):
+                g.add_metric([topic, dataset], n)
+            yield g
+        for name, doc, values in (
+            (
+                "party_rates_rows_withheld",
+                "Rows of incomplete windows this run did not write",
+                withheld,
+            ),
+            (
+                "party_rates_final_rows_kept",
+                "Final rows of the output kept against a different final row of this run",
+                kept,
+            ),
+        ):
+            if values:
+                c = CounterMetricFamily(name, doc, labels=["topic", "dataset"])
+                for dataset, n in sorted(values.items()):
+                    c.add_metric([topic, dataset], n)
+                yield c
         yield _gauge(
             "party_rates_run_duration_seconds",
             "How long this run has run (or ran)",

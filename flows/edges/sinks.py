@@ -28,10 +28,12 @@ from zlib import adler32
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows.core.eventtime import EPOCH
 from flows.core.items import FlushTick, Row
 from flows.core.rows import dataset_names
 from flows.edges.metrics import METRICS
 from flows.edges.storage import Storage, end_of_run_failure, hive_segment
+from flows.edges.table import Covered
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
@@ -39,6 +41,7 @@ from schemas.output import (
     RATES_FILE_SCHEMA,
 )
 
+ONE_US = timedelta(microseconds=1)
 LOG_BLOCK = 10_000_000
 """Late events and dead letters go to one file per Kafka partition and block of offsets."""
 
@@ -60,8 +63,9 @@ class DatasetSpec:
     file_schema: pa.Schema
     relpath: Callable[[Row], str]
     key_columns: tuple[str, ...]  # one row per key in a file
-    final_column: str | None = None  # a final row is never replaced by a provisional one;
-    # without it the first write of a key wins
+    final_column: str | None = None  # a final row is never replaced; without it the first
+    # write of a key wins
+    replace_final: bool = False  # a deliberate recompute: final rows may be replaced
 
     @cached_property
     def _names(self) -> list[str]:
@@ -87,9 +91,14 @@ class DatasetSpec:
         return self._key(row)
 
     def prefer_new(self, old: FileRow, new: FileRow) -> bool:
-        """Replace ``old`` (same key) with ``new``?"""
+        """Replace ``old`` (same key) with ``new``? Never a final row (unless recomputing,
+        and then only by a final one): the output is the truth."""
         final = self._final
-        return final is not None and not (old[final] and not new[final])
+        if final is None:
+            return False
+        if old[final]:
+            return self.replace_final and bool(new[final])
+        return True
 
     def day(self, row: FileRow) -> date | None:
         """The UTC day of a final row of a per-window dataset (its file's day), else None."""
@@ -100,16 +109,16 @@ class DatasetSpec:
         return start.date()
 
 
-def window_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
+def window_dataset(name: str, file_schema: pa.Schema, replace_final: bool = False) -> DatasetSpec:
     """A per-(namespace, window) dataset: one file per ``namespace=/date=`` directory, a
-    final row never replaced by a provisional one, days settled once final."""
+    final row never replaced (but by a recompute), days settled once final."""
 
     def relpath(row: Row) -> str:
         day: date = row["date"]
         segment = hive_segment("namespace", row["namespace"])
         return f"{name}/{segment}/date={day.isoformat()}/part-0.parquet"
 
-    return DatasetSpec(name, file_schema, relpath, ("window_start",), "is_final")
+    return DatasetSpec(name, file_schema, relpath, ("window_start",), "is_final", replace_final)
 
 
 def log_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
@@ -126,16 +135,18 @@ RATES = window_dataset("party_rates", RATES_FILE_SCHEMA)
 OUTCOMES = window_dataset("disconnect_outcomes", OUTCOMES_FILE_SCHEMA)
 
 
-def window_datasets(window_us: int, rollups: tuple[int, ...]) -> list[tuple[DatasetSpec, int]]:
+def window_datasets(
+    window_us: int, rollups: tuple[int, ...], replace_final: bool = False
+) -> list[tuple[DatasetSpec, int]]:
     """Every per-window dataset with its number of sink partitions: ``party_rates`` and
     ``disconnect_outcomes``, and their roll-ups (fewer rows: fewer partitions)."""
-    out = [(RATES, 8), (OUTCOMES, 8)]
+    out = []
     for length, (rates, outcomes) in dataset_names(window_us, rollups).items():
-        if length != window_us:
-            out += [
-                (window_dataset(rates, RATES_FILE_SCHEMA), 2),
-                (window_dataset(outcomes, OUTCOMES_FILE_SCHEMA), 2),
-            ]
+        n = 8 if length == window_us else 2
+        out += [
+            (window_dataset(rates, RATES_FILE_SCHEMA, replace_final), n),
+            (window_dataset(outcomes, OUTCOMES_FILE_SCHEMA, replace_final), n),
+        ]
     return out
 
 
@@ -147,13 +158,24 @@ Routed = tuple[str, list[FileRow]]
 """(file path, the rows for it as the file stores them)."""
 
 
-def route(spec: DatasetSpec) -> Callable[[list[Row]], list[tuple[str, Routed]]]:
+def route(
+    spec: DatasetSpec, covered: Covered | None = None
+) -> Callable[[list[Row]], list[tuple[str, Routed]]]:
     """Key rows by their file, so one sink partition owns each file: one item per file, not
-    per row (fewer items to hand over, and to pickle between processes)."""
+    per row (fewer items to hand over, and to pickle between processes). With ``covered``
+    (a windowed dataset), rows of windows the output's record says are final or incomplete
+    are left out (flows.edges.table)."""
+    writable = covered.writable if covered is not None else None
 
     def by_file(rows: list[Row]) -> list[tuple[str, Routed]]:
         files: dict[str, list[FileRow]] = {}
         for row in rows:
+            if writable is not None:
+                why = writable(spec.name, (row["window_start"] - EPOCH) // ONE_US)
+                if why is not None:
+                    if why != "final":
+                        METRICS.withheld(spec.name)
+                    continue
             relpath = spec.relpath(row)
             group = files.get(relpath)
             if group is None:
@@ -324,8 +346,12 @@ def merged_rows(
         for row in zip(*(columns[name] for name in spec.file_schema.names), strict=True):
             merged[spec.file_key(row)] = row
         changed = False
+        final = spec._final
         for row in new_rows:
-            changed = merge_into(merged, row, spec) or changed
+            if merge_into(merged, row, spec):
+                changed = True
+            elif final is not None and row[final] and merged[spec.file_key(row)] != row:
+                METRICS.kept_final(spec.name)  # a different final row: the output's stays
         if not changed:
             return None
     return [merged[k] for k in sorted(merged, key=_sort_key)]

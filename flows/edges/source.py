@@ -24,18 +24,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from flows.core.items import BatchResult
-from flows.core.partition import PartitionState, process_batch
+from flows.core.partition import PartitionSnapshot, PartitionState, process_batch
 from flows.edges.group import GroupCommits, group_commits
 from flows.edges.metrics import METRICS
 from flows.edges.statedir import Start, StateDir
+from flows.edges.table import OutputView
 from flows.failpoints import Failpoints
 from flows.settings import Settings, start_time_us
 
 FLUSH_TICK_S = 1.0
 """While following, each partition marks a result this often (sent even when idle), so the
 sinks can write on time whatever the traffic."""
-
-Snapshot = tuple[int, int | None, dict[str, int], dict[int, list[str]], int]
 
 
 class SourceError(RuntimeError):
@@ -193,14 +192,12 @@ def start_offsets(
         consumer.close()
 
 
-def restore(state: PartitionState, snap: Snapshot) -> None:
-    """Put a partition's snapshot back into ``state``."""
-    state.next_offset, state.max_t_us, ids, buckets, state.offset_shift = snap
-    state.dedup.ids = dict(ids)
-    state.dedup.buckets = {b: list(v) for b, v in buckets.items()}
+def restore(state: PartitionState, saved: Any) -> None:
+    """Put a partition's saved state back into ``state`` (of this format or the previous)."""
+    PartitionSnapshot.read(saved, state.dedup.bucket_us).restore(state)
 
 
-class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
+class TopicSource(FixedPartitionedSource[BatchResult, PartitionSnapshot]):
     """The session-history topic as a partitioned, resumable source of batch results."""
 
     def __init__(
@@ -208,11 +205,15 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         settings: Settings,
         failpoints: Failpoints | None = None,
         partitions: list[int] | None = None,
+        view: OutputView | None = None,
+        bounds: dict[int, tuple[int, int]] | None = None,
     ) -> None:
-        """``partitions``: the topic's partitions when the caller has just listed them (one
-        metadata request less at start)."""
+        """``partitions`` and ``bounds``: the topic's partitions and their (earliest, end)
+        offsets when the caller has just asked for them (fewer requests at start);
+        ``view``: what the output's record says (flows.edges.table)."""
         self.failpoints = failpoints or Failpoints()
         self._partitions = partitions
+        self.view = view or OutputView()
         self.config = settings.kafka_base_config()
         self.topic = settings.topic
         self.follow = settings.follow
@@ -225,7 +226,14 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         self.timeout_s = settings.connect_seconds
         self.broker_timeout_s = settings.broker_seconds
         self.brokers = settings.brokers
-        self._ends: dict[int, tuple[int, int]] | None = None
+        self._ends: dict[int, tuple[int, int]] | None = bounds
+        # marks kept this long before a partition's newest event time: enough to rebuild the
+        # rows not final yet (the longest window, a horizon, the dedup horizon), and a day
+        span = max((settings.window_us, *settings.rollup_lengths_us))
+        self.keep_marks_us = (
+            span + settings.outcome_horizon_us + settings.dedup_horizon_us
+            + settings.lateness_us + 86_400_000_000
+        )  # fmt: skip
         self._ends_lock = threading.Lock()
         self.start: Start = StateDir(settings.state).start(settings)
         self.start_us = self.start.start_us
@@ -275,8 +283,38 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
         # beginning: all of it came after the start.
         return min(max(starts.get(partition, low), low), high)
 
+    def initial_state(
+        self, partition: int, low: int, high: int, resume_state: PartitionSnapshot | None
+    ) -> tuple[PartitionState, str | None]:
+        """The partition's state at the start of this run, and the gap in its offsets if
+        there is one: resumed from its saved state; or, for a state rebuilt from the output,
+        from where the rebuild reads it again (flows.edges.table); or from where the state
+        starts (``--start-at``)."""
+        state = PartitionState(low, self.bucket_us)
+        rebuilt = self.view.starts.get(partition)
+        if resume_state is not None:
+            restore(state, resume_state)
+        elif rebuilt is not None:
+            offset, max_t, marks, complete, origin = rebuilt
+            state.marks, state.marks_complete = list(marks), complete
+            state.begin_at(offset, max_t)
+            state.origin = origin
+        else:
+            state.begin_at(self.first_offset(partition, low, high), None)
+            return state, None
+        gap = None
+        if state.next_offset < low:
+            gap = f"offsets {state.next_offset}..{low - 1} no longer exist (retention)"
+        elif state.next_offset > high:
+            gap = f"saved offset {state.next_offset} is past the end {high} (topic recreated?)"
+            state.offset_shift += state.next_offset - low
+        if gap:
+            print(f"party-rates: partition {partition}: {gap}; reading from {low}", file=sys.stderr)
+            state.next_offset = low
+        return state, gap
+
     def build_part(
-        self, step_id: str, for_part: str, resume_state: Snapshot | None
+        self, step_id: str, for_part: str, resume_state: PartitionSnapshot | None
     ) -> PartitionReader:
         partition = int(for_part)
         errors = BrokerErrors()
@@ -311,23 +349,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, Snapshot]):
             raise SourceError(
                 f"cannot read offsets of {self.topic}[{partition}]: {err.args[0].str()}"
             ) from None
-        state = PartitionState(low, self.bucket_us)
-        if resume_state is None:
-            state.next_offset = self.first_offset(partition, low, high)
-        gap = None
-        if resume_state is not None:
-            restore(state, resume_state)
-            if state.next_offset < low:
-                gap = f"offsets {state.next_offset}..{low - 1} no longer exist (retention)"
-            elif state.next_offset > high:
-                gap = f"saved offset {state.next_offset} is past the end {high} (topic recreated?)"
-                state.offset_shift += state.next_offset - low
-            if gap:
-                print(
-                    f"party-rates: partition {partition}: {gap}; reading from {low}",
-                    file=sys.stderr,
-                )
-                state.next_offset = low
+        state, gap = self.initial_state(partition, low, high, resume_state)
         consumer.assign([TopicPartition(self.topic, partition, state.next_offset)])
         end = None if self.follow else high
         METRICS.position(partition, state.next_offset, high)
@@ -353,7 +375,7 @@ class BrokerErrors:
         self.since = None
 
 
-class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
+class PartitionReader(StatefulSourcePartition[BatchResult, PartitionSnapshot]):
     """Reads one partition; each ``next_batch`` returns at most one BatchResult."""
 
     def __init__(
@@ -454,6 +476,8 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
             report=first or self.done or caught_up,
             pending=not (self.done or caught_up),
             start_us=self.source.start_us,
+            reread_before=self.source.view.reread.get(self.partition, -1),
+            keep_marks_us=self.source.keep_marks_us,
         )
         if self.done and end is not None:
             # Offsets up to the end may hold only transaction markers: they are read.
@@ -485,17 +509,10 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
     def next_awake(self) -> datetime | None:
         return self.awake
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> PartitionSnapshot:
         self.snapshotted = True
         self.snapshot_offset = self.state.next_offset
-        s = self.state
-        return (
-            s.next_offset,
-            s.max_t_us,
-            dict(s.dedup.ids),
-            {b: list(v) for b, v in s.dedup.buckets.items()},
-            s.offset_shift,
-        )
+        return PartitionSnapshot.of(self.state)
 
     def close(self) -> None:
         self.consumer.close()

@@ -11,24 +11,30 @@ import contextlib
 import fcntl
 import json
 import pickle
+import shutil
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from bytewax.recovery import init_db_dir
 
 from flows.core.eventtime import duration_label
+from flows.core.items import SOURCE_STEP
+from flows.core.partition import PartitionSnapshot
 from flows.settings import Settings, start_time_us
 
-STATE_FORMAT = 4
-"""Bumped whenever a class pickled in the state moves or changes: an older state is refused
-with a clear message instead of failing to load (``tests/test_flow.py`` holds the list)."""
+STATE_FORMAT = 5
+"""Bumped whenever a class pickled in the state moves or changes (``tests/test_flow.py`` holds
+the list). A state of a format in READABLE_FORMATS is read as it is; any other is rebuilt
+from the output's record and the topic (flows.edges.table)."""
+READABLE_FORMATS = (4, 5)
 META = "party_rates_state.json"
 START_OFFSETS = "start_offsets.json"
+REBUILD = "rebuild.json"
+DONE = "done"
 RECOVERY_PARTITIONS = 1
-SOURCE_STEP = "party_rates.kafka"
-"""The step id of the Kafka input in the recovery store (flow id, then step name)."""
 
 
 FRESH = "needs a fresh --state and a fresh --output"
@@ -47,14 +53,17 @@ MUST_MATCH = (  # (compared key, what it is, key shown, what to do)
         "outcome_horizon",
         f"outcome rows already final used the old horizon; changing it {FRESH}",
     ),
-    ("shards", "shards", "shards", f"namespaces are split by it; changing it {FRESH}"),
     (
-        "rollup_lengths_us",
-        "roll-ups",
-        "rollups",
-        f"roll-up windows already final were made with the old list; changing it {FRESH}",
+        "dedup_horizon_us",
+        "dedup horizon",
+        "dedup_horizon",
+        f"the events already counted were deduplicated with the old horizon; changing it {FRESH}",
     ),
     ("output", "output", "output", "use the state directory made for this output"),
+)
+REBUILT_ON = (  # (key, what it is, key shown): a change rebuilds the state from the output
+    ("shards", "shards", "shards"),
+    ("rollup_lengths_us", "roll-ups", "rollups"),
 )
 
 
@@ -72,12 +81,22 @@ def state_meta(settings: Settings) -> dict[str, object]:
         "outcome_horizon": settings.outcome_horizon,
         "outcome_horizon_us": settings.outcome_horizon_us,
         "allowed_lateness_us": settings.lateness_us,
+        "dedup_horizon": duration_label(settings.dedup_horizon_us),
+        "dedup_horizon_us": settings.dedup_horizon_us,
         "shards": settings.shards,
         "rollups": ",".join(duration_label(n) for n in settings.rollup_lengths_us),
         "rollup_lengths_us": list(settings.rollup_lengths_us),
         "output": settings.output,
         "start_at": settings.start_at or "earliest",
     }
+
+
+class Verdict(NamedTuple):
+    """What a run finds in the state directory."""
+
+    kind: Literal["fresh", "usable", "rebuild"]
+    reason: str  # for "rebuild": why the saved state cannot be used
+    meta: dict[str, Any] | None  # the state's metadata, if readable
 
 
 class Start(NamedTuple):
@@ -129,57 +148,138 @@ class StateDir:
             ) from None
         stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
 
-    def prepare(self, settings: Settings) -> None:
-        """Check the state belongs to these settings (or create it).
-
-        Processes of a cluster may start together on a shared state directory: one at a
-        time does this.
-        """
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Processes of a cluster may start together on a shared state directory: one at a
+        time inspects, creates or rebuilds it."""
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / ".prepare.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                self._prepare(settings)
+                yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _prepare(self, settings: Settings) -> None:
+    def meta(self) -> dict[str, Any] | None:
+        """The state's metadata; None if it has none or it cannot be read."""
+        try:
+            meta = json.loads((self.path / META).read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def has_saved_state(self) -> bool:
+        return self.recovery.exists() and any(self.recovery.iterdir())
+
+    def inspect(self, settings: Settings) -> Verdict:
+        """Whether the state can be used with these settings, must be rebuilt, or is new.
+
+        Refused (StateError): a state made for another topic, output or meaning-changing
+        setting. Rebuilt: a state that cannot be read, of a format this version does not
+        read, or made for other shards or roll-ups (the output keeps what they wrote)."""
         meta_file = self.path / META
-        want = state_meta(settings)
-        if meta_file.exists():
-            try:
-                have = json.loads(meta_file.read_text())
-            except ValueError:
-                raise StateError(f"{meta_file} is not readable JSON") from None
-            if have.get("format") != STATE_FORMAT:
-                raise StateError(
-                    f"state in {self.path} has format {have.get('format')}, this version uses "
-                    f"{STATE_FORMAT}; start with a fresh --state and --output"
-                )
-            for key, label, shown, hint in MUST_MATCH:
-                if have.get(key) != want[key]:
-                    raise StateError(
-                        f"state in {self.path} was made for {label} "
-                        f"{have.get(shown, have.get(key))!r}, not {want[shown]!r}: {hint}"
-                    )
-            recorded = have.get("start_at", "earliest")
-            if settings.start_at is not None and settings.start_at != recorded:
-                raise StateError(
-                    f"state in {self.path} was made with --start-at {recorded}, not "
-                    f"{settings.start_at}: where a state starts is fixed when it is made; "
-                    f"another start {FRESH} (later runs may leave --start-at out)"
-                )
-        elif self.recovery.exists() and any(self.recovery.iterdir()):
-            raise StateError(
-                f"{self.path} holds recovery data but no {META}: it was not made by this "
-                "version; start with a fresh --state and --output"
+        if not meta_file.exists():
+            if self.has_saved_state():
+                return Verdict("rebuild", f"it holds saved state but no {META}", None)
+            return Verdict("fresh", "", None)
+        have = self.meta()
+        if have is None:
+            return Verdict("rebuild", f"{META} cannot be read", None)
+        if have.get("format") not in READABLE_FORMATS:
+            return Verdict(
+                "rebuild",
+                f"it has format {have.get('format')}, this version reads "
+                f"{' and '.join(map(str, READABLE_FORMATS))}",
+                have,
             )
+        want = state_meta(settings)
+        for key, label, shown, hint in MUST_MATCH:
+            if key in have and have.get(key) != want[key]:
+                raise StateError(
+                    f"state in {self.path} was made for {label} "
+                    f"{have.get(shown, have.get(key))!r}, not {want[shown]!r}: {hint}"
+                )
+        recorded = have.get("start_at", "earliest")
+        if settings.start_at is not None and settings.start_at != recorded:
+            raise StateError(
+                f"state in {self.path} was made with --start-at {recorded}, not "
+                f"{settings.start_at}: where a state starts is fixed when it is made; "
+                f"another start {FRESH} (later runs may leave --start-at out)"
+            )
+        for key, label, shown in REBUILT_ON:
+            if have.get(key) != want[key]:
+                return Verdict(
+                    "rebuild",
+                    f"it was made for {label} {have.get(shown)!r}, not {want[shown]!r}",
+                    have,
+                )
+        return Verdict("usable", "", have)
+
+    def state_id(self) -> str | None:
+        meta = self.meta()
+        return str(meta["state_id"]) if meta and meta.get("state_id") else None
+
+    def create(self, settings: Settings, state_id: str | None = None) -> str:
+        """Make a new state (or adopt an existing one's metadata: a format-4 state gets its id
+        here); returns its id."""
+        meta = self.meta()
+        ident = state_id or (meta or {}).get("state_id") or uuid.uuid4().hex
+        if meta is not None and meta.get("format") in READABLE_FORMATS:
+            # an older format that this version reads: it now saves this format's classes
+            update = {"format": STATE_FORMAT, "state_id": ident}
+            update |= {k: v for k, v in state_meta(settings).items() if k not in meta}
+            if any(meta.get(k) != v for k, v in update.items()):
+                self._write_meta(meta | update)
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            meta_file.write_text(json.dumps(want, indent=2))
+            self._write_meta(state_meta(settings) | {"state_id": ident})
         if not self.recovery.exists():
             self.recovery.mkdir(parents=True)
             init_db_dir(self.recovery, RECOVERY_PARTITIONS)
+        return ident
+
+    def rebuild(self, settings: Settings, plan: dict[str, Any], state_id: str | None) -> str:
+        """Throw the saved state away and make a state that rebuilds itself as ``plan`` says
+        (written before the metadata: a rebuild killed before it starts again)."""
+        (self.path / META).unlink(missing_ok=True)
+        shutil.rmtree(self.recovery, ignore_errors=True)
+        (self.path / START_OFFSETS).unlink(missing_ok=True)
+        tmp = self.path / (REBUILD + ".tmp")
+        tmp.write_text(json.dumps(plan))
+        tmp.replace(self.path / REBUILD)
+        self.recovery.mkdir(parents=True)
+        init_db_dir(self.recovery, RECOVERY_PARTITIONS)
+        ident = state_id or uuid.uuid4().hex
+        self._write_meta(state_meta(settings) | {"state_id": ident})
+        return ident
+
+    def rebuild_plan(self) -> dict[str, Any] | None:
+        """The plan this state was rebuilt with (None for a state made from nothing)."""
+        try:
+            plan = json.loads((self.path / REBUILD).read_text())
+        except (OSError, ValueError):
+            return None
+        return plan if isinstance(plan, dict) else None
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        tmp = self.path / (META + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(self.path / META)
+
+    def mark_done(self, run_id: str, process_id: int) -> None:
+        """This process's part of a run is written (its dataflow returned)."""
+        directory = self.path / DONE / run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / str(process_id)).touch()
+
+    def all_done(self, run_id: str, processes: int) -> bool:
+        directory = self.path / DONE / run_id
+        return directory.is_dir() and len(list(directory.iterdir())) >= processes
+
+    def forget_done(self, keep: str) -> None:
+        """Remove the markers of earlier runs."""
+        for directory in (self.path / DONE).glob("*"):
+            if directory.name != keep:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def start(
         self, settings: Settings, resolve: Callable[[str], dict[int, int]] | None = None
@@ -216,17 +316,17 @@ class StateDir:
             return Start(start_at, start_us, None)
         return Start(start_at, start_us, {int(p): int(o) for p, o in saved.items()})
 
-    def durable_offsets(self) -> tuple[dict[int, int], bool]:
-        """Per partition, the read position the next run resumes from, as the recovery
-        store holds it; and whether every worker has recorded the same progress (False
-        while a process of a cluster has not yet recorded its last epoch: the positions
-        are then those of an earlier, also durable, epoch).
+    def durable(self, step: str) -> tuple[dict[str, Any], bool]:
+        """The saved state of every key of ``step`` (a full step id) that the next run
+        resumes from, as the recovery store holds it; and whether every worker has recorded
+        the same progress (False while a process of a cluster has not yet recorded its last
+        epoch: the states are then those of an earlier, also durable, epoch).
 
         This is Bytewax 0.21.1's own resume rule: the resume epoch is the smallest epoch
-        any worker of the latest execution has not completed, and a partition resumes from
-        its newest snapshot before that epoch.
+        any worker of the latest execution has not completed, and a key resumes from its
+        newest snapshot before that epoch.
         """
-        offsets: dict[int, int] = {}
+        states: dict[str, Any] = {}
         settled = True
         for db in sorted(self.recovery.glob("part-*.sqlite3")):
             with contextlib.closing(
@@ -253,9 +353,17 @@ class StateDir:
                     "SELECT state_key, ser_change FROM snaps AS s WHERE step_id = ?1 "
                     "AND snap_epoch = (SELECT MAX(snap_epoch) FROM snaps WHERE step_id = ?1 "
                     "AND state_key = s.state_key AND snap_epoch < ?2)",
-                    (SOURCE_STEP, epoch),
+                    (step, epoch),
                 ).fetchall()
             for key, change in rows:
                 if change is not None:
-                    offsets[int(key)] = int(pickle.loads(change)[0])
+                    states[key] = pickle.loads(change)
+        return states, settled
+
+    def durable_offsets(self) -> tuple[dict[int, int], bool]:
+        """Per partition, the read position the next run resumes from (see :meth:`durable`)."""
+        states, settled = self.durable(SOURCE_STEP)
+        offsets = {
+            int(key): PartitionSnapshot.read(saved, 1).next_offset for key, saved in states.items()
+        }
         return offsets, settled
