@@ -87,9 +87,10 @@ class Fail(Exception):
         self.code = code
 
 
-def parse_settings(args: argparse.Namespace) -> Settings:
+def parse_settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Settings:
     given = {k: getattr(args, k) for k in FLAGS if getattr(args, k, None) is not None}
-    if args.kafka_config:
+    given |= extra or {}
+    if getattr(args, "kafka_config", None):
         pairs = [kv.partition("=") for kv in args.kafka_config]
         bad = [k for k, eq, _ in pairs if not eq]
         if bad:
@@ -634,6 +635,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from flows.edges.source import SourceError, end_offsets
+    from flows.edges.status import gather, render
+    from flows.edges.storage import Storage, StorageError
+    from flows.edges.table import TableError
+
+    settings = parse_settings(args, {"output": args.output, "state": args.state or "."})
+    ends = None
+    if args.brokers:
+        config = settings.kafka_base_config()
+
+        def ends(topic: str, partitions: list[int]) -> dict[int, int]:
+            found = end_offsets(config, topic, partitions, settings.connect_seconds)
+            return {p: high for p, (_low, high) in found.items()}
+
+    try:
+        info = gather(Storage.for_settings(settings), args.state, ends)
+    except TableError as err:
+        raise Fail(EXIT_STATE, str(err)) from None
+    except StorageError as err:
+        raise Fail(EXIT_STORAGE, str(err)) from None
+    except SourceError as err:
+        raise Fail(EXIT_KAFKA, str(err)) from None
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="party-rates", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -650,6 +678,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--messages", type=int, default=300_000)
     demo.add_argument("--workers", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
+    status = sub.add_parser(
+        "status", help="what an output is and covers, its last run, and whether a state matches"
+    )
+    status.add_argument("--output", required=True, help="the job's output (or s3:// URI)")
+    status.add_argument("--state", help="a state directory to check against the output")
+    status.add_argument("--brokers", help="ask these brokers for the partitions' ends (lag)")
+    status.add_argument(
+        "--kafka-config", action="append", metavar="KEY=VALUE", help="extra librdkafka setting"
+    )
+    status.add_argument("--json", action="store_true", help="print the data as JSON")
+    for name in ("s3_endpoint", "s3_access_key", "s3_region"):
+        status.add_argument("--" + name.replace("_", "-"), dest=name, help=FLAGS[name]["help"])
+    status.set_defaults(func=cmd_status)
     report = sub.add_parser("report", help="a static HTML report of an output directory")
     report.add_argument("--output", required=True, help="the job's output directory")
     report.add_argument("--to", help="HTML file to write (default OUTPUT/report.html)")

@@ -25,6 +25,7 @@ from tests.helpers import (
     late_rows,
     partitioned,
     read_topic,
+    run_cli,
     run_job,
     total_counts,
 )
@@ -278,7 +279,10 @@ def test_a_run_without_new_data_rewrites_nothing(broker, tmp_path: Path) -> None
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
 
 
-def test_recreated_topic_is_reported_and_read_from_the_start(broker, tmp_path: Path) -> None:
+def test_recreated_topic_is_refused_and_the_output_kept(broker, tmp_path: Path) -> None:
+    """A topic deleted and made again under the same name, with only newer messages: its
+    offsets restart, so the run cannot tell its messages from those the output holds. With
+    the state, and with the state lost, the run refuses in one line and writes nothing."""
     if broker.embedded is None:
         pytest.skip("needs the embedded broker to delete and recreate topics")
     topic = broker.new_topic(partitions=1)
@@ -286,18 +290,20 @@ def test_recreated_topic_is_reported_and_read_from_the_start(broker, tmp_path: P
     _send(broker.bootstrap, topic, first)
     out, state = tmp_path / "out", tmp_path / "state"
     run_job(broker.bootstrap, topic, out, state)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     broker.embedded.delete_topic(topic)
     broker.embedded.create_topic(topic, partitions=1)
     second = [_event("PartyDroppedEvent", "ns", T0 + (40 + i) * MIN) for i in range(5)]
     _send(broker.bootstrap, topic, second)
-    result = run_job(broker.bootstrap, topic, out, state)
-
-    assert "past the end" in result.stderr
-    last = load_manifests(out)[-1]
-    assert last["gaps"] and last["gaps"][0]["partition"] == 0
-    assert last["counts"]["messages"] == 5
-    assert last["counts"]["counted"] == 5
-    assert job_rows(out)["dropped"].sum() == 5
+    for st in (state, tmp_path / "lost"):
+        result = run_cli(
+            "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(out),
+            "--state", str(st), "--progress", "off",
+        )  # fmt: skip
+        assert result.returncode == 4
+        (line,) = result.stderr.strip().splitlines()
+        assert "ends at offset 5, but the output covers it up to 30" in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
 
 
 def test_rescaling_between_runs(broker, tmp_path: Path) -> None:
