@@ -11,7 +11,7 @@ PUSHGATEWAY := /usr/bin/prometheus-pushgateway
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,analysis,demo]'
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv with the project and its pinned dependencies

@@ -75,6 +75,10 @@ API_ENV = (
 class Stopped(Exception):
     """SIGINT or SIGTERM: the run stops; the next one resumes from the last snapshot."""
 
+    def __init__(self, manifest: dict[str, Any] | None = None) -> None:
+        super().__init__("stopped by a signal")
+        self.manifest = manifest  # the run's, when it stopped at a batch boundary
+
 
 class Fail(Exception):
     def __init__(self, code: int, message: str) -> None:
@@ -134,12 +138,15 @@ def keep_pandas_out() -> None:
 def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     """Run the job once: checks, then the dataflow; returns the run's manifest. Whatever
     the outcome, the run's metrics go where the settings say when it ends."""
+    from flows.edges import stopping
     from flows.edges.metrics import METRICS
 
     METRICS.reset(settings.topic)
-    outcome: bool | None = False  # a scheduled run's success; None: following
+    outcome: bool | None = False  # a scheduled run's success; None: following or stopped
     try:
         manifest = _run_job(settings, quiet)
+        if stopping.requested() and (manifest or {}).get("status") != "completed":
+            raise Stopped(manifest)  # at a batch boundary (flows/edges/stopping.py)
         if settings.follow:
             # A following dataflow ends only when stopped (Stopped, above): one that returns
             # was stopped by something else, e.g. a panic in one of Bytewax's threads.
@@ -153,7 +160,7 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
         outcome = True
         return manifest
     except Stopped:
-        outcome = None if settings.follow else False
+        outcome = None  # neither a success nor a failure: the next run goes on
         raise
     finally:
         METRICS.finish(outcome)
@@ -241,6 +248,7 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
+    from flows.edges import stopping
     from flows.edges.source import SourceError, TopicSource, list_partitions, start_offsets
     from flows.edges.statedir import StateDir, StateError
     from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
@@ -287,6 +295,8 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
                 }
             source = TopicSource(settings, failpoints, partitions=parts)
             flow = build_flow(settings, source, failpoints)
+            if stopping.requested():
+                raise Stopped()
             bytewax_api_environment(settings, state.path)
             fewer_collections()
             try:
@@ -306,7 +316,7 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
             failures = take_end_of_run_failures()
             if failures:
                 raise StorageError(f"{failures[0]}; the next run writes what is missing")
-    except Fail:
+    except (Fail, Stopped):
         raise
     except StorageError as err:
         raise Fail(EXIT_STORAGE, str(err)) from None
@@ -446,39 +456,33 @@ def run_local_cluster(settings: Settings, argv: list[str]) -> int:
     if "--processes" in argv:  # drop "--processes N" given as two words
         i = argv.index("--processes")
         base = argv[:i] + argv[i + 2 :]
+    from flows.edges import stopping
+
     children = []
-    for i in range(settings.processes):
-        extra = ["--process-id", str(i), "--addresses", addresses, "--run-id", settings.run_id]
-        if i > 0:
-            extra += ["--progress", "off"]
-        cmd = [sys.executable, "-m", "flows.cli", *base, *extra]
-        env = {**os.environ, "PARTY_RATES_PROCESSES": "1"}
-        children.append(subprocess.Popen(cmd, env=env))
-    codes: list[int] = []
-    try:
-        for child in children:
-            codes.append(child.wait())
-            if codes[-1] != 0:
-                break  # one process failed: the cluster cannot finish
-    except KeyboardInterrupt:
-        for child in children:
-            child.send_signal(signal.SIGINT)
-        codes = [child.wait() for child in children]
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-            child.wait()
-    return next((c for c in codes if c != 0), 0)
+    with stopping.held():  # a stop that comes while they start waits for them
+        for i in range(settings.processes):
+            extra = ["--process-id", str(i), "--addresses", addresses, "--run-id", settings.run_id]
+            if i > 0:
+                extra += ["--progress", "off"]
+            cmd = [sys.executable, "-m", "flows.cli", *base, *extra]
+            env = {**os.environ, "PARTY_RATES_PROCESSES": "1"}
+            children.append(subprocess.Popen(cmd, env=env))
+    return stopping.wait_cluster(children)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.edges import stopping
+
+    stopping.install()  # SIGINT, SIGTERM: stop at the next batch boundary
     settings = parse_settings(args)
     if settings.processes > 1:
         return run_local_cluster(settings, args.argv)
     keep_pandas_out()
     try:
         manifest = run_job(settings)
-    except Stopped:
+    except Stopped as stop:
+        if stop.manifest:
+            print(summary(stop.manifest), file=sys.stderr)
         print(
             "party-rates: stopped by a signal; the next run resumes from the last snapshot",
             file=sys.stderr,
