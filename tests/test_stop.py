@@ -71,6 +71,7 @@ def test_a_stopped_run_ends_at_a_batch_boundary_and_the_next_goes_on(
     topic, clean, total = stop_topic
     out, state, group = tmp_path / "out", tmp_path / "state", f"stop-{uuid.uuid4().hex[:8]}"
     extra = ["--group-id", group, "--processes", str(processes), "--batch-size", "1"]
+    extra += ["--metrics-file", str(tmp_path / "m.prom")]
     if mode == "following":
         extra.append("--follow")
     proc = start_slow_run(broker.bootstrap, topic, out, state, *extra)
@@ -86,6 +87,10 @@ def test_a_stopped_run_ends_at_a_batch_boundary_and_the_next_goes_on(
     # Every process of a cluster has ended (they share the leader's process group).
     assert not _group_alive(proc.pid)
 
+    # A stop is no failure (an alert on failures must not page on a rollout).
+    for prom in tmp_path.glob("m*.prom"):
+        assert "party_rates_last_failure_timestamp_seconds" not in prom.read_text()
+    assert list(tmp_path.glob("m*.prom"))
     (stopped,) = load_manifests(out)
     assert stopped["status"] == "stopped"
     assert 0 < stopped["counts"]["messages"] < total
