@@ -47,6 +47,10 @@ FLAGS: dict[str, dict[str, Any]] = {
     "s3_access_key": {"help": "object store access key"},
     "s3_secret_key": {"help": "object store secret key (prefer PARTY_RATES_S3_SECRET_KEY)"},
     "s3_region": {"help": "object store region"},
+    "s3_secret_key_file": {"help": "read the object store secret key from this file"},
+    "kafka_config_file": {
+        "help": "read librdkafka settings from this file, KEY=VALUE lines (a mounted Secret)"
+    },
     "progress": {"choices": ["auto", "bar", "log", "off"], "help": "progress display"},
     "run_id": {"help": "id of this run (default: start time + random)"},
     "group_id": {

@@ -33,6 +33,10 @@ FORBIDDEN = {
     "flows.steps": ("pandas", "matplotlib", "flows.analysis", "flows.tooling"),
     "flows.settings": ("pandas", "matplotlib", "flows.analysis", "flows.tooling", "flows.edges"),
     "flows.failpoints": ("pandas", "matplotlib", "flows.analysis", "flows.tooling", "flows.edges"),
+    "flows.secretfiles": (
+        "pandas", "matplotlib", "pydantic", "bytewax", "confluent_kafka", "flows.analysis",
+        "flows.tooling", "flows.edges", "flows.core", "flows.settings",
+    ),
 }  # fmt: skip
 MODULE_LEVEL_FORBIDDEN = {
     # the CLI's demo and report commands import these inside their own functions
