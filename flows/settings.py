@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flows import secretfiles
 from flows.core.eventtime import (
     EventTimeError,
     check_range,
@@ -107,6 +108,13 @@ class Settings(BaseSettings):
     s3_access_key: str | None = Field(None, description="Object store access key")
     s3_secret_key: SecretStr | None = Field(None, description="Object store secret key")
     s3_region: str | None = Field(None, description="Object store region")
+    kafka_config_file: str | None = Field(
+        None, description="librdkafka settings from this file, KEY=VALUE lines (never shown)"
+    )
+    s3_secret_key_file: str | None = Field(
+        None, description="Object store secret key from this file (a mounted Secret)"
+    )
+    _secret_keys: set[str] = PrivateAttr(default_factory=set)  # settings read from a file
     progress: Literal["auto", "bar", "log", "off"] = Field("auto", description="Progress display")
     run_id: str = Field(default_factory=new_run_id, description="Id of this run's manifest")
     group_id: str = Field(
@@ -209,6 +217,33 @@ class Settings(BaseSettings):
         if not v.endswith(".prom"):
             raise ValueError("must end in .prom (node_exporter's textfile collector reads those)")
         return v
+
+    @field_validator("kafka_config_file")
+    @classmethod
+    def _kafka_config_file(cls, v: str | None) -> str | None:
+        if v:
+            secretfiles.read_properties(v)
+        return v or None
+
+    @field_validator("s3_secret_key_file")
+    @classmethod
+    def _s3_secret_key_file(cls, v: str | None) -> str | None:
+        if v:
+            secretfiles.read_secret(v)
+        return v or None
+
+    @model_validator(mode="after")
+    def _from_files(self) -> Settings:
+        """Secrets from files (flows/secretfiles.py); a flag's setting wins over the file's."""
+        if self.kafka_config_file:
+            from_file = secretfiles.read_properties(self.kafka_config_file)
+            self._secret_keys = set(from_file) - set(self.kafka_config)
+            self.kafka_config = {**from_file, **self.kafka_config}
+        if self.s3_secret_key_file:
+            if self.s3_secret_key is not None:
+                raise ValueError("give s3_secret_key or s3_secret_key_file, not both")
+            self.s3_secret_key = SecretStr(secretfiles.read_secret(self.s3_secret_key_file))
+        return self
 
     @field_validator("brokers", "topic", "output", "state")
     @classmethod
@@ -321,6 +356,8 @@ class Settings(BaseSettings):
     def public(self) -> dict[str, Any]:
         """The settings with secrets redacted, for manifests and logs."""
         data = self.model_dump()
-        data["kafka_config"] = redact(self.kafka_config)
+        data["kafka_config"] = {
+            k: "***" if k in self._secret_keys else v for k, v in redact(self.kafka_config).items()
+        }
         data["s3_secret_key"] = "***" if self.s3_secret_key else None
         return data

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from confluent_kafka import Consumer
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flows.analysis import load_manifests
@@ -32,9 +33,9 @@ from flows.cli import commit_final_positions
 from flows.edges import group
 from flows.edges.group import group_commits
 from flows.edges.manifest import manifest_path
-from flows.edges.metrics import RESULTS
+from flows.edges.metrics import RESULTS, RunMetrics
 from flows.edges.source import seek_offset
-from flows.edges.statedir import start_us_for
+from flows.edges.statedir import STATE_FORMAT, start_us_for
 from flows.edges.storage import Storage
 from flows.failpoints import Failpoints
 from flows.settings import Settings, normalise_start
@@ -116,6 +117,23 @@ def topic_ends(bootstrap: str, topic: str, partitions: int) -> dict[str, int]:
 def manifest_results(manifest: dict[str, Any]) -> dict[str, float]:
     """The manifest's counts under the metric's result names."""
     return {RESULTS[k]: float(v) for k, v in manifest["counts"].items() if k != "messages"}
+
+
+def as_in_manifest(samples: Samples, **labels: str) -> dict[str, float]:
+    """The scraped counters by result, as the manifest counts them: events found late at
+    their window moved from counted to late."""
+    results = by_label(samples, "party_rates_messages_total", "result", **labels)
+    moved = sum(pick(samples, "party_rates_late_at_window_total", **labels).values())
+    if results:
+        results["counted"] -= moved
+        results["late"] += moved
+    return results
+
+
+def assert_counters_never_decrease(before: Samples, after: Samples) -> None:
+    for (name, labels), value in after.items():
+        if name.endswith("_total") and (name, labels) in before:
+            assert value >= before[(name, labels)], (name, dict(labels))
 
 
 def free_ports(n: int) -> int:
@@ -223,7 +241,7 @@ def test_a_failing_group_commit_is_reported_once_and_the_run_goes_on(
     assert manifest["status"] == "completed"
     assert "Unknown member" in manifest["group_commit_error"]
     commits = by_label(
-        parse((tmp_path / "m.prom").read_text()), "party_rates_group_commits_total", "result"
+        parse((tmp_path / "m.prom").read_text()), "party_rates_last_run_group_commits", "result"
     )
     assert commits["failed"] > 1 and commits["ok"] == 0  # every one failed, reported once
     assert_matches_reference(tmp_path / "out", read_topic(broker.bootstrap, topic, 2))
@@ -332,13 +350,13 @@ def test_a_following_run_serves_its_metrics_through_bytewax(broker, tmp_path: Pa
     assert want.watermark is not None
     port = free_port()
     proc = _follow(broker, topic, tmp_path, port)
+    got: Samples = {}
     try:
         for _ in _deadline_loop("the metrics of everything read and written"):
             scraped_after = time.time()
-            got = scrape(f"http://127.0.0.1:{port}/metrics")
-            if got is None:
-                continue
-            results = by_label(got, "party_rates_messages_total", "result", topic=topic)
+            previous, got = got, scrape(f"http://127.0.0.1:{port}/metrics") or {}
+            assert_counters_never_decrease(previous, got)
+            results = as_in_manifest(got, topic=topic)
             lags = by_label(got, "party_rates_lag_messages", "partition", topic=topic)
             written = pick(got, "party_rates_files_written_total", dataset="party_rates")
             watermarks = pick(got, "party_rates_watermark_timestamp_seconds")
@@ -372,6 +390,9 @@ def test_a_following_run_serves_its_metrics_through_bytewax(broker, tmp_path: Pa
     assert one(got, "party_rates_rows_written_total", dataset="party_rates") > 0
     assert one(got, "party_rates_run_duration_seconds", topic=topic) > 0
     assert not pick(got, "party_rates_last_success_timestamp_seconds")  # not while following
+    assert not [name for name, _labels in got if "_last_run_" in name]  # counters here
+    (info,) = pick(got, "party_rates_build_info")
+    assert dict(info)["state_format"] == str(STATE_FORMAT)
     # The metrics and the manifest count from the same totals.
     (manifest,) = load_manifests(tmp_path / "out")
     assert manifest["status"] == "stopped"
@@ -401,7 +422,7 @@ def test_each_process_of_a_cluster_serves_its_own_metrics(broker, tmp_path: Path
                 continue
             assert got[0] is not None and got[1] is not None
             positions = [by_label(g, "party_rates_next_offset", "partition") for g in got]
-            read = sum(sum(pick(g, "party_rates_messages_total").values()) for g in got)
+            read = sum(sum(as_in_manifest(g).values()) for g in got)
             merged = {**positions[0], **positions[1]}
             # the watermark: once every partition has reported to the clock
             with_watermark = [g for g in got if pick(g, "party_rates_watermark_timestamp_seconds")]
@@ -415,6 +436,33 @@ def test_each_process_of_a_cluster_serves_its_own_metrics(broker, tmp_path: Path
     with_counts = [g for g in got if pick(g, "party_rates_messages_total")]
     assert len(with_counts) == 1
     assert len(with_watermark) == 1
+
+
+def test_counters_never_step_down_when_an_event_moves_to_late() -> None:
+    """The manifest moves an event found late at its window from counted to late; the
+    scraped counters keep counting up and say how many moved, the run totals are the
+    manifest's."""
+    metrics = RunMetrics()
+    metrics.reset("t")
+    counts = {key: 0 for key in RESULTS}
+    metrics.set_counts({**counts, "counted": 10, "late": 1})
+    before = parse(generate_latest(_Only(metrics.collect)).decode())
+    metrics.moved_late(2)
+    metrics.set_counts({**counts, "counted": 8, "late": 3})
+    after = parse(generate_latest(_Only(metrics.collect)).decode())
+    assert_counters_never_decrease(before, after)
+    assert by_label(after, "party_rates_messages_total", "result")["counted"] == 10
+    assert one(after, "party_rates_late_at_window_total") == 2
+    assert as_in_manifest(after)["counted"] == 8 and as_in_manifest(after)["late"] == 3
+    totals = parse(generate_latest(_Only(metrics.collect_run_totals)).decode())
+    assert by_label(totals, "party_rates_last_run_messages", "result")["counted"] == 8
+
+
+class _Only:
+    """Stands for a registry whose only collector is ``collect`` (for generate_latest)."""
+
+    def __init__(self, collect: Any) -> None:
+        self.collect = collect
 
 
 def test_a_metrics_port_in_use_is_refused(tmp_path: Path) -> None:
@@ -493,7 +541,9 @@ def test_scheduled_runs_push_their_metrics_and_write_a_textfile(
     )  # fmt: skip
     (manifest,) = load_manifests(out)
     pushed = _pushed(pushgateway, topic)
-    results = by_label(pushed, "party_rates_messages_total", "result")
+    # One run's totals are gauges: a counter pushed per run would restart at every run.
+    assert not [name for name, _labels in pushed if name.endswith("_total")]
+    results = by_label(pushed, "party_rates_last_run_messages", "result")
     assert results == manifest_results(manifest)
     assert sum(results.values()) == manifest["counts"]["messages"] == len(messages)
     nxt = by_label(pushed, "party_rates_next_offset", "partition")
@@ -502,11 +552,13 @@ def test_scheduled_runs_push_their_metrics_and_write_a_textfile(
     success = one(pushed, "party_rates_last_success_timestamp_seconds")
     assert before < success <= time.time()
     assert not pick(pushed, "party_rates_last_failure_timestamp_seconds")
-    assert one(pushed, "party_rates_files_written_total", dataset="party_rates") > 0
+    assert one(pushed, "party_rates_last_run_files_written", dataset="party_rates") > 0
+    (info,) = pick(pushed, "party_rates_build_info")
+    assert dict(info)["state_format"] == str(STATE_FORMAT) and dict(info)["version"]
     # The textfile holds the same, and nothing is left under a temporary name.
     assert [p.name for p in textfiles.iterdir()] == ["party_rates.prom"]
     local = parse(prom.read_text())
-    assert by_label(local, "party_rates_messages_total", "result") == results
+    assert by_label(local, "party_rates_last_run_messages", "result") == results
     assert one(local, "party_rates_last_success_timestamp_seconds") == success
 
     # A failed run pushes too: its failure time, without replacing the last success.
@@ -518,6 +570,8 @@ def test_scheduled_runs_push_their_metrics_and_write_a_textfile(
     assert failed.returncode == 1, failed.stderr
     again = _pushed(pushgateway, topic)
     assert one(again, "party_rates_last_success_timestamp_seconds") == success
+    # Its own totals replace the earlier run's (it read nothing before it failed).
+    assert set(by_label(again, "party_rates_last_run_messages", "result").values()) == {0.0}
     assert one(again, "party_rates_last_failure_timestamp_seconds") > success
 
 

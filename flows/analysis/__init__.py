@@ -9,6 +9,14 @@ May import ``schemas``, pandas, pyarrow and matplotlib; never ``flows.edges`` or
 dataflow. The job never imports this package.
 """
 
+from importlib.util import find_spec
+
+if find_spec("pandas") is None or find_spec("matplotlib") is None:
+    raise ImportError(
+        "flows.analysis needs the analysis extra (pandas, matplotlib): "
+        "pip install 'party-rates[analysis]'"
+    )
+
 from flows.analysis.incidents import *  # noqa: F403
 from flows.analysis.incidents import __all__ as _incidents
 from flows.analysis.loaders import *  # noqa: F403

@@ -146,6 +146,7 @@ class ManifestPart(StatefulSinkPartition[Any, RunState]):
                 add_stats(self.run, item)
             else:
                 add_late(self.run, item)
+                METRICS.moved_late(item)  # counters cannot step down (metrics.py)
         METRICS.set_counts(self.run["counts"])  # the same totals as the manifest
         self.display.update(self.run)
         if self.sink.follow and time.monotonic() - self.last_flush >= self.sink.flush_seconds:

@@ -7,9 +7,21 @@ run for the Pushgateway and the textfile collector.
 
 Each process exports what it holds: the partitions its workers read (position, end, lag),
 the files its sink partitions wrote, the watermark if the clock key lives on one of its
-workers, and the message counts if the manifest's sink partition does. The counts are the
-manifest's own totals, so an event found late at its window (it moves from ``counted`` to
-``late`` there) moves in the metrics too, and the metrics and the manifest agree.
+workers, and the message counts if the manifest's sink partition does.
+
+Two expositions of the same numbers:
+
+- **Scraped** (a following run's ``/metrics``): counters, ``*_total``, that never step
+  down while the process lives. The manifest moves an event found late at its window from
+  ``counted`` to ``late``; a counter cannot, so ``party_rates_messages_total`` counts
+  results as the partitions decided them and ``party_rates_late_at_window_total`` counts
+  the moves: the manifest's ``counted`` is ``counted`` minus the moves, its ``late`` is
+  ``late`` plus them.
+- **Run totals** (pushed to a Pushgateway, or a textfile, when a run ends): one run's
+  numbers are not a counter across runs, so they are gauges named ``party_rates_last_run_*``,
+  equal to the run's manifest. Every such family is exported by every run (zeros where
+  it did nothing): a push-add replaces a family whole, so no number of an earlier run is
+  left looking like this one's.
 
 A collector that raises during a scrape would panic the API server's handler, which stops
 a multi-worker dataflow (see README, "Operating it"): collecting never raises.
@@ -67,6 +79,7 @@ class RunMetrics:
             self.incomplete: dict[str, int] = {}  # dataset -> windows the output lacks
             self.last_success: float | None = None
             self.last_failure: float | None = None
+            self.late_at_window = 0  # counted events moved to late at their window
 
     def use_topic(self, topic: str) -> None:
         """The topic label, for a flow built without ``party-rates run`` (which resets)."""
@@ -77,6 +90,11 @@ class RunMetrics:
     def set_counts(self, counts: Mapping[str, int]) -> None:
         """The manifest's totals of this run."""
         self.counts = dict(counts)
+
+    def moved_late(self, n: int) -> None:
+        """The manifest moved ``n`` counted events to late (their window was final)."""
+        with self._lock:
+            self.late_at_window += n
 
     def position(self, partition: int, next_offset: int, end_offset: int) -> None:
         """A partition's read position and end (the newest offset the broker reported)."""
@@ -108,8 +126,9 @@ class RunMetrics:
             self.commits["ok" if ok else "failed"] += 1
 
     def finish(self, success: bool | None) -> None:
-        """The run ended: its duration stops; a success or failure time is set (neither
-        for a following run stopped as it should be, ``None``)."""
+        """The run ended: its duration stops; a success or failure time is set (neither,
+        ``None``, for a run stopped by a signal: a following run ends only so, and a
+        scheduled one stopped so has failed at nothing; the next run goes on)."""
         now = time.time()
         self.ended = now
         if success:
@@ -123,16 +142,25 @@ class RunMetrics:
         return []  # no name checks at registration: names are fixed here
 
     def collect(self) -> Iterator[Metric]:
-        """The metric families (never raises, see the module docstring)."""
+        """The metric families as scraped: counters (never raises, see the module
+        docstring)."""
+        return self._safely(run_totals=False)
+
+    def collect_run_totals(self) -> Iterator[Metric]:
+        """The metric families as pushed or written at a run's end: the run's totals as
+        ``party_rates_last_run_*`` gauges."""
+        return self._safely(run_totals=True)
+
+    def _safely(self, run_totals: bool) -> Iterator[Metric]:
         try:
-            families = list(self._families())
+            families = list(self._families(run_totals))
         except Exception as err:  # a scrape must never fail (see the module docstring)
             print(f"party-rates: collecting metrics failed: {err}", file=sys.stderr)
             return
         yield from families
 
-    def _families(self) -> Iterator[Metric]:
-        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+    def _families(self, run_totals: bool) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import GaugeMetricFamily
 
         with self._lock:
             topic = self.topic
@@ -141,16 +169,26 @@ class RunMetrics:
             rows, files, commits = dict(self.rows), dict(self.files), dict(self.commits)
             withheld, kept = dict(self.withheld_rows), dict(self.kept_rows)
             incomplete = dict(self.incomplete)
+            moved = self.late_at_window
         now = time.time()
-        if counts is not None:
-            m = CounterMetricFamily(
+        yield build_info()
+        if counts is not None or run_totals:
+            by_result = {result: (counts or {}).get(key, 0) for key, result in RESULTS.items()}
+            if not run_totals:  # as the partitions decided them (see the module docstring)
+                by_result["counted"] += moved
+                by_result["late"] -= moved
+            yield _per_label(
                 "party_rates_messages",
                 "Messages read, by what became of them; the results sum to the messages read",
-                labels=["topic", "result"],
-            )
-            for key, result in RESULTS.items():
-                m.add_metric([topic, result], counts.get(key, 0))
-            yield m
+                topic, "result", by_result, run_totals,
+            )  # fmt: skip
+            if not run_totals:
+                yield _per_label(
+                    "party_rates_late_at_window",
+                    "Counted events that then found their window final: the manifest counts "
+                    "them late, not counted",
+                    topic, None, {"": moved}, run_totals,
+                )  # fmt: skip
         if positions:
             nxt = GaugeMetricFamily(
                 "party_rates_next_offset",
@@ -186,28 +224,24 @@ class RunMetrics:
                 topic,
                 now - wm,
             )
-        if files:
-            rows_m = CounterMetricFamily(
+        if files or run_totals:
+            if not files:  # a family pushed with no sample would keep an earlier run's
+                files, rows = {"party_rates": 0}, {"party_rates": 0}
+            yield _per_label(
                 "party_rates_rows_written",
                 "Rows in the output files written (a file is written whole)",
-                labels=["topic", "dataset"],
-            )
-            files_m = CounterMetricFamily(
-                "party_rates_files_written", "Output files written", labels=["topic", "dataset"]
-            )
-            for dataset in sorted(files):
-                rows_m.add_metric([topic, dataset], rows.get(dataset, 0))
-                files_m.add_metric([topic, dataset], files[dataset])
-            yield from (rows_m, files_m)
-        if commits["ok"] or commits["failed"]:
-            c = CounterMetricFamily(
+                topic, "dataset", {d: rows.get(d, 0) for d in sorted(files)}, run_totals,
+            )  # fmt: skip
+            yield _per_label(
+                "party_rates_files_written", "Output files written",
+                topic, "dataset", {d: files[d] for d in sorted(files)}, run_totals,
+            )  # fmt: skip
+        if commits["ok"] or commits["failed"] or run_totals:
+            yield _per_label(
                 "party_rates_group_commits",
                 "Commits of durable read positions to the consumer group, by result",
-                labels=["topic", "result"],
-            )
-            for result in ("ok", "failed"):
-                c.add_metric([topic, result], commits[result])
-            yield c
+                topic, "result", commits, run_totals,
+            )  # fmt: skip
         if incomplete:
             g = GaugeMetricFamily(
                 "party_rates_incomplete_windows",
@@ -219,22 +253,15 @@ class RunMetrics:
                 g.add_metric([topic, dataset], n)
             yield g
         for name, doc, values in (
-            (
-                "party_rates_rows_withheld",
-                "Rows of incomplete windows this run did not write",
-                withheld,
-            ),
+            ("party_rates_rows_withheld", "Rows of incomplete windows not written", withheld),
             (
                 "party_rates_final_rows_kept",
-                "Final rows of the output kept against a different final row of this run",
+                "Final rows of the output kept against a different final row of a run",
                 kept,
             ),
         ):
-            if values:
-                c = CounterMetricFamily(name, doc, labels=["topic", "dataset"])
-                for dataset, n in sorted(values.items()):
-                    c.add_metric([topic, dataset], n)
-                yield c
+            if values or run_totals:
+                yield _per_label(name, doc, topic, "dataset", values, run_totals)
         yield _gauge(
             "party_rates_run_duration_seconds",
             "How long this run has run (or ran)",
@@ -246,13 +273,61 @@ class RunMetrics:
         if self.last_failure is not None:
             yield _gauge(
                 "party_rates_last_failure_timestamp_seconds",
-                "When a run last failed or was stopped before its end",
+                "When a run last failed (a run stopped by a signal has not failed)",
                 topic,
                 self.last_failure,
             )
 
 
 LAST_SUCCESS = "party_rates_last_success_timestamp_seconds"
+
+
+def _per_label(
+    name: str,
+    doc: str,
+    topic: str,
+    label: str | None,
+    values: Mapping[str, float],
+    run_totals: bool,
+) -> Metric:
+    """A counter ``NAME_total`` or, for a run's totals, a gauge ``party_rates_last_run_*``,
+    with a sample per value of ``label`` (one sample without it)."""
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["topic"] if label is None else ["topic", label]
+    family: Metric
+    if run_totals:
+        gauge_name = name.replace("party_rates_", "party_rates_last_run_", 1)
+        family = GaugeMetricFamily(gauge_name, f"{doc} (the last run's totals)", labels=labels)
+    else:
+        family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in values.items():
+        family.add_metric([topic] if label is None else [topic, key], value)
+    return family
+
+
+def build_info() -> GaugeMetricFamily:
+    """``party_rates_build_info{version, state_format}``: always 1."""
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    from flows.edges.statedir import STATE_FORMAT
+
+    g = GaugeMetricFamily(
+        "party_rates_build_info",
+        "The job's version and the format of the state it keeps (always 1)",
+        labels=["version", "state_format"],
+    )
+    g.add_metric([_version(), str(STATE_FORMAT)], 1)
+    return g
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("party-rates")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
 
 
 def _last_success(topic: str, value: float) -> GaugeMetricFamily:
@@ -301,7 +376,7 @@ class _Labelled:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import Metric
 
-        families = list(METRICS.collect())
+        families = list(METRICS.collect_run_totals())
         if self.kept_success is not None and all(f.name != LAST_SUCCESS for f in families):
             families.append(_last_success(METRICS.topic, self.kept_success))
         for family in families:

@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from flows.core.items import BatchResult
 from flows.core.partition import PartitionSnapshot, PartitionState, process_batch
+from flows.edges import stopping
 from flows.edges.group import GroupCommits, group_commits
 from flows.edges.metrics import METRICS
 from flows.edges.statedir import Start, StateDir
@@ -421,7 +422,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, PartitionSnapshot]):
                 # (flows/edges/group.py).
                 commits.commit({self.partition: self.snapshot_offset})
                 self.committed = self.snapshot_offset
-        if self.done:
+        if self.done or stopping.requested():  # a stop ends the input at a batch boundary
             raise StopIteration
         end = self.end_offset
         msgs = [] if self._finished() else self.consumer.consume(self.source.batch_size, 0)
