@@ -480,6 +480,8 @@ def summary(manifest: dict[str, Any]) -> str:
     )
     if c.get("before_start"):
         line += f", {c['before_start']:,} before the start"
+    if c.get("reread"):
+        line += f", {c['reread']:,} read again (counted by earlier runs)"
     for gap in manifest.get("gaps", []):
         line += f"\nparty-rates: partition {gap['partition']}: {gap['detail']}"
     return line

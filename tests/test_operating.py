@@ -657,7 +657,8 @@ def test_start_at_latest_counts_only_what_comes_after(broker, tmp_path: Path) ->
         "--state", str(state), "--start-at", "earliest",
     )  # fmt: skip
     assert refused.returncode == 4, refused.stderr
-    assert "--start-at latest, not earliest" in refused.stderr
+    assert "--start-at earliest does not match the output" in refused.stderr
+    assert "whose start is latest" in refused.stderr
 
 
 @pytest.mark.broker
@@ -723,4 +724,4 @@ def test_start_at_a_time_gives_the_rows_of_a_full_run_from_there_on(broker, tmp_
     )  # fmt: skip
     assert refused.returncode == 4, refused.stderr
     lines = [ln for ln in refused.stderr.splitlines() if ln.startswith("party-rates: error:")]
-    assert len(lines) == 1 and "fresh --state" in lines[0]
+    assert len(lines) == 1 and "--start-at" in lines[0] and "whose start is" in lines[0]

@@ -1,6 +1,8 @@
 """The job's IO at its edges: the Kafka source, the Parquet sinks, output storage (local or
 object store), the state directory, the run manifest, the consumer-group commits of durable
-read positions (``group``) and the Prometheus metrics (``metrics``).
+read positions (``group``), the Prometheus metrics (``metrics``), the graceful stop
+(``stopping``), the output's record (``table``), a run's checks, rebuild and record
+against its output and state (``recovery``) and ``party-rates status`` (``status``).
 
 May import ``flows.core``, ``schemas``, ``flows.settings``, ``flows.failpoints``, Bytewax's
 input, output and recovery API (``bytewax.inputs``, ``bytewax.outputs``,
