@@ -121,8 +121,8 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
     (
         "counts",
         "object",
-        "What happened to the messages read: "
-        "`messages = counted + skipped + duplicates + late + dead_letters + before_start`.",
+        "What happened to the messages read: `messages = counted + skipped + duplicates + "
+        "late + dead_letters + before_start + reread`.",
     ),
     ("counts.messages", "integer", "Messages read."),
     ("counts.counted", "integer", "Events of the four Party names counted in a window."),
@@ -141,6 +141,20 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
         "Absent from manifests written before it existed.",
     ),
     (
+        "counts.reread",
+        "integer",
+        "Messages an earlier run counted, read again to rebuild a lost or changed state: "
+        "counted there, not here (each message is in one manifest's other counts). Absent "
+        "from manifests written before it existed.",
+    ),
+    (
+        "rebuild",
+        "object or null",
+        "Why this run rebuilt its state from the output's record (`reason`), the offsets it "
+        "found gone from the topic (`lost`), and the windows it could not complete "
+        "(`incomplete`, as in `_table.json`); null when it did not rebuild.",
+    ),
+    (
         "gaps",
         "array of {partition, detail}",
         "Offsets that could not be read: lost to retention, or a saved offset past the end "
@@ -154,6 +168,75 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
     ),
 ]
 """Fields of ``_runs/<run_id>.json``."""
+
+RECORD_FIELDS: list[tuple[str, str, str]] = [
+    ("format", "integer", "Format of the output (its layout): 1, the layout above."),
+    (
+        "settings",
+        "object",
+        "The settings that give the rows their meaning, fixed for the life of the output: "
+        "`topic`, `window`, `allowed_lateness`, `outcome_horizon`, `dedup_horizon` (each also "
+        "in microseconds, `…_us`) and `start_at`. A run with another value is refused.",
+    ),
+    (
+        "rollups",
+        "object",
+        "Each roll-up length the output holds (`1h`, `1d`, …) and the first window start it is "
+        "complete from (null: from the beginning; later for a length added to an existing "
+        "output, whose older windows stay absent).",
+    ),
+    ("state_id", "string", "The state that writes the output: another one is refused."),
+    ("state_format", "integer", "Format of that state when the record was written."),
+    ("run_id", "string", "The run that wrote the record."),
+    ("written_at", "string (ISO 8601, UTC)", "When the record was written."),
+    (
+        "closed_until",
+        "string (RFC 3339, UTC) or null",
+        "Windows ending at or before it are final (outcome windows an outcome horizon "
+        "later); `closed_until_us` in microseconds. Null while no window is final.",
+    ),
+    (
+        "watermark",
+        "string (RFC 3339, UTC) or null",
+        "The watermark the final rows were made under; `watermark_us` in microseconds.",
+    ),
+    (
+        "partitions.*.end",
+        "integer",
+        "Per Kafka partition: every message before this offset is reflected in the output.",
+    ),
+    (
+        "partitions.*.max_t_us",
+        "integer or null",
+        "The newest event time (microseconds) counted in the partition before `end`.",
+    ),
+    (
+        "partitions.*.origin",
+        "integer",
+        "The offset where the output began reading the partition.",
+    ),
+    (
+        "partitions.*.rebuild",
+        "object or null",
+        "Where a lost state reads the partition again from: `offset`, `max_before` (the "
+        "newest event time before it) and `exact_from` (from there every decision is the lost "
+        "state's); null: from `origin`.",
+    ),
+    (
+        "partitions.*.marks",
+        "array of [bucket, offset, max before]",
+        "Where the partition's newest event time entered each window-length bucket since "
+        "`rebuild`: tells how much a trimmed topic lost.",
+    ),
+    (
+        "incomplete",
+        "array of {dataset, from_us, until_us, reason}",
+        "Windows (their starts in `[from_us, until_us)`) that could not be completed: their "
+        "events were gone from the topic when a state was rebuilt, or they began before a "
+        "roll-up length was added. No run writes them; a row the output held stays as it was.",
+    ),
+]
+"""Fields of ``_table.json``."""
 
 RATE_DEFINITIONS = """\
 - `disconnects_per_min` = `disconnected` ÷ window length in minutes; `drops_per_min` likewise.
@@ -397,9 +480,9 @@ def column_table(dataset: str, schema: pa.Schema, in_path: tuple[str, ...] = ())
     return "\n".join(lines)
 
 
-def _manifest_table() -> str:
+def _field_table(fields: list[tuple[str, str, str]]) -> str:
     lines = ["| field | type | meaning |", "|---|---|---|"]
-    for name, type_, meaning in MANIFEST_FIELDS:
+    for name, type_, meaning in fields:
         lines.append(f"| `{name}` | {_cell(type_)} | {_cell(meaning)} |")
     return "\n".join(lines)
 
@@ -462,7 +545,12 @@ def render_data_dictionary() -> str:
         column_table("dead_letters", DEAD_LETTERS_SCHEMA),
         "## `_runs/<run_id>.json`",
         "One JSON manifest per run. Every message read is in exactly one manifest's counts.",
-        _manifest_table(),
+        _field_table(MANIFEST_FIELDS),
+        "## `_table.json`",
+        "The output's own record: what the table is, the state that writes it and what its "
+        "final rows cover. Rewritten by every run that ends having written all it read, after "
+        "the rows it describes (see the README, Upgrading and recovery).",
+        _field_table(RECORD_FIELDS),
         "## Incidents (`flows.analysis.find_incidents`)",
         INCIDENTS.rstrip("\n"),
         _incident_tables(),
