@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flows.core.eventtime import duration_label, format_us
+from flows.core.eventtime import format_us, parse_duration_us
 from flows.edges.statedir import STATE_FORMAT, StateDir
 from flows.edges.storage import Storage
 from flows.edges.table import RECORD, read_record
@@ -84,8 +84,10 @@ def gather(
             "format": record.format,
             "settings": record.settings,
             "rollups": {
-                label: (format_us(since) if since is not None else None)
-                for label, since in record.rollups.items()
+                label: _z(since)
+                for label, since in sorted(
+                    record.rollups.items(), key=lambda kv: parse_duration_us(kv[0])
+                )
             },
             "state_id": record.state_id,
             "written_at": record.written_at,
@@ -93,11 +95,9 @@ def gather(
         }
         wm = record.watermark_us
         out["watermark"] = {
-            "watermark": format_us(wm) if wm is not None else None,
+            "watermark": _z(wm),
             "age_seconds": round(now - wm / 1e6, 1) if wm is not None else None,
-            "final_until": format_us(record.closed_until_us)
-            if record.closed_until_us is not None
-            else None,
+            "final_until": _z(record.closed_until_us),
         }
         topic = str(record.settings.get("topic"))
         live = ends(topic, sorted(record.partitions)) if ends is not None else {}
@@ -119,6 +119,21 @@ def gather(
             out["last_run"]["rebuild"] = run["rebuild"]
     out["state"] = state_verdict(state_dir, record.state_id if record else None)
     return out
+
+
+def ago(seconds: float) -> str:
+    """A duration as on-call reads it: ``3 d 4 h``, ``2 h 5 min``, ``40 s``."""
+    s = int(max(0.0, seconds))
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if d:
+        return f"{d} d {h} h"
+    if h:
+        return f"{h} h {m} min"
+    return f"{m} min" if m else f"{s} s"
+
+
+def _z(us: int | None) -> str | None:
+    return None if us is None else format_us(us).replace("+00:00", "Z")
 
 
 def render(info: dict[str, Any]) -> str:
@@ -157,7 +172,7 @@ def render(info: dict[str, Any]) -> str:
             lines.append(f"            rebuilt its state: {run['rebuild']['reason']}")
     wm = info.get("watermark")
     if wm is not None and wm["watermark"] is not None:
-        age = duration_label(int(max(0.0, wm["age_seconds"])) * 1_000_000)
+        age = ago(wm["age_seconds"])
         lines.append(
             f"watermark   {wm['watermark']} ({age} ago); final rows up to {wm['final_until']}"
         )
