@@ -86,12 +86,13 @@ def build_flow(
     # ("clock", Progress): a partition's newest event time and the shards it touched
 
     span = max((w, *rollups))
+    floor = None if settings.recompute else view.closed_floor  # a recompute closes all again
     clock = op.stateful_batch(
         CLOCK,
         progress,
         partial(
             ClockLogic, w, late, horizon, shards, span, partitions,
-            on_watermark=METRICS.watermark, closed_floor=view.closed_floor,
+            on_watermark=METRICS.watermark, closed_floor=floor,
         ),
     )  # fmt: skip
     # ("clock", ("to_shard", (shard key, Tick | ShardPart)) | ("late", row) | ("late_count", n))

@@ -273,3 +273,26 @@ def test_a_record_is_written_after_the_rows_it_describes(tmp_path: Path) -> None
     lose_state(tmp_path)
     with pytest.raises(TableError, match=r"holds rows but no _table\.json"):
         run(tmp_path, WHOLE, "second")
+
+
+def test_only_a_deliberate_recompute_replaces_a_final_row(tmp_path: Path, uncut: Path) -> None:
+    """A final row made wrong (say by a bug since fixed) stays through any run, also one
+    that rebuilds a lost state; ``--recompute`` with an empty state replaces it."""
+    import pyarrow as pa
+
+    run(tmp_path, WHOLE, "first")
+    files = sorted((tmp_path / "out" / "party_rates").rglob("*.parquet"))
+    table = pq.read_table(files[0])
+    rows = table.to_pylist()
+    assert rows[0]["is_final"]
+    rows[0]["disconnected"] += 1000
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), files[0])
+    wrong = frame(tmp_path / "out", "party_rates")
+    lose_state(tmp_path)
+    run(tmp_path, WHOLE, "rebuilt")
+    assert_same_rows(frame(tmp_path / "out", "party_rates"), wrong)
+    lose_state(tmp_path)
+    fixed = run(tmp_path, WHOLE, "recomputed", recompute=True)
+    assert fixed["rebuild"] is None
+    assert fixed["counts"]["reread"] == fixed["counts"]["messages"]  # counted before
+    assert_same_rows(frame(tmp_path / "out", "party_rates"), frame(uncut, "party_rates"))
