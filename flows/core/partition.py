@@ -8,9 +8,12 @@ depend on how fast other partitions were read or where runs were cut:
   maxima less the allowed lateness, so an event that passes this check always finds its
   window still open.
 * A **duplicate** is an event whose ``id`` was already counted in this partition (a
-  re-sending publisher uses the same key, so the same partition). Ids are remembered while
-  their event time is within the dedup horizon (at least the allowed lateness) of the
-  partition's maximum; anything older is late anyway.
+  re-sending publisher uses the same key, so the same partition) and is still remembered:
+  the counted copy's event-time bucket (``t // bucket``, the window length) is not wholly
+  before the partition's newest event time *before this message* less the dedup horizon
+  (at least the allowed lateness). Anything older is late anyway. The decision depends on
+  the message order alone, not on where batches were cut; ids are dropped from memory at
+  the end of a batch only once no later message can find them remembered.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ def process_batch(
     seen_ids = dedup.ids
     buckets = dedup.buckets
     bucket_us = dedup.bucket_us
+    horizon_us = max(dedup_horizon_us, lateness_us)
     mentions_counted = NAMES_COUNTED.search
     for msg in messages:
         value = msg.value()
@@ -136,7 +140,8 @@ def process_batch(
         if t_us < start_us:
             before_start += 1  # before the state's start: read, not counted
             continue
-        if result.id in seen_ids:
+        seen = seen_ids.get(result.id)
+        if seen is not None and (max_t is None or seen >= (max_t - horizon_us) // bucket_us):
             duplicates += 1  # also when it comes late: the first copy was counted
             continue
         if max_t is not None and t_us < max_t - lateness_us:
@@ -166,7 +171,7 @@ def process_batch(
     next_offset = state.next_offset + state.offset_shift  # monotonic across topic resets
     state.max_t_us = max_t
     if max_t is not None:
-        dedup.forget_before(max_t - max(dedup_horizon_us, lateness_us))
+        dedup.forget_before(max_t - horizon_us)  # what no later message finds remembered
     parts, latest = to_parts(fold(counted, window_us, shards), partition, next_offset)
     n_counted = len(counted) + len(fresh)
     progress = (

@@ -486,6 +486,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, Snapshot]):
         return self.awake
 
     def snapshot(self) -> Snapshot:
+        self.source.failpoints.reached("before-snapshot-durable")
         self.snapshotted = True
         self.snapshot_offset = self.state.next_offset
         s = self.state
