@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -301,6 +302,17 @@ def assert_matches_reference(
     return result
 
 
+def assert_as_simulated(out: Path, counts: dict[str, int], messages: list[Any], truth: Any) -> None:
+    """The counts and late events are the simulator's own account of what it made, under
+    the README's rules (``truth``: the simulator's ``Truth``)."""
+    assert truth.late > 0 and truth.duplicates > 0 and truth.malformed > 0
+    assert counts["messages"] == len(messages)
+    assert counts["dead_letters"] == truth.malformed
+    assert counts["duplicates"] == truth.duplicates
+    assert counts["late"] == truth.late
+    assert set(load_late_events(out)["id"]) == truth.late_ids
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Any:
     """Run ``party-rates`` as a user would, in a subprocess; if it outlasts ``timeout``
     seconds (or the test is interrupted), it is killed with every process it started."""
@@ -370,6 +382,49 @@ def snapshotted_epoch(state: Path) -> int:
     except sqlite3.OperationalError:
         return 0
     return int(row[0] or 0)
+
+
+class Lines:
+    """A started process's output stream, read line by line as it is written (a thread),
+    so a test can wait for a line without ending the process."""
+
+    def __init__(self, stream: Any) -> None:
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._lines.append("")  # the end of the stream
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The first line holding ``text``; fails after ``timeout`` s or at the stream's end."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = next((line for line in self._lines if text in line), None)
+                if found is not None:
+                    return found
+                assert self._lines[-1:] != [""], f"ended without {text!r}: {self.text()}"
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {text!r} in {timeout}s: {self.text()}"
+                self._changed.wait(left)
+
+    def text(self) -> str:
+        """Everything read so far."""
+        return "".join(self._lines)
+
+    def all(self, timeout: float = 30) -> str:
+        """Everything, once the process has ended (its stream is read to the end)."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the stream did not end in {timeout}s"
+        return self.text()
 
 
 def start_slow_run(bootstrap: str, topic: str, out: Path, state: Path, *extra: str) -> Any:

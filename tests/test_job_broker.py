@@ -14,9 +14,10 @@ from confluent_kafka import Producer
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
 from flows.edges.source import QUIET
-from flows.tooling.simulator import SimConfig, Truth, chunks, envelope, generate, produce
+from flows.tooling.simulator import SimConfig, chunks, envelope, generate, produce
 from tests import reference
 from tests.helpers import (
+    assert_as_simulated,
     assert_matches_reference,
     assert_same_output,
     dead_rows,
@@ -58,17 +59,6 @@ def test_scheduled_run_matches_reference(broker, tmp_path: Path) -> None:
     assert_as_simulated(out, manifest["counts"], messages, truth)
     assert "completed" in result.stderr and "counted" in result.stderr
     assert load_dead_letters(out)["error"].str.len().min() > 5
-
-
-def assert_as_simulated(out: Path, counts: dict, messages: list, truth: Truth) -> None:
-    """The counts and late events are the simulator's own account of what it made, under
-    the README's rules."""
-    assert truth.late > 0 and truth.duplicates > 0 and truth.malformed > 0
-    assert counts["messages"] == len(messages)
-    assert counts["dead_letters"] == truth.malformed
-    assert counts["duplicates"] == truth.duplicates
-    assert counts["late"] == truth.late
-    assert set(load_late_events(out)["id"]) == truth.late_ids
 
 
 def _first_counted_everywhere(messages: list, partitions: int = 4) -> int:
