@@ -78,12 +78,12 @@ def build_flow(
     )
     # ("clock", Progress): a partition's newest event time and the shards it touched
 
-    span = max((w, *rollups))
+    spans = (w, *rollups)  # a roll-up need not divide the longest one
     clock = op.stateful_batch(
         "clock",
         progress,
         partial(
-            ClockLogic, w, late, horizon, shards, span, partitions,
+            ClockLogic, w, late, horizon, shards, spans, partitions,
             on_watermark=METRICS.watermark,
         ),
     )  # fmt: skip

@@ -169,7 +169,8 @@ def run_in_pieces(tmp: Path, drawn: Drawn, flat: Topic, partitions: int, cuts: l
 
 # Corners every run reaches whatever the draws: no roll-up and several, the default list at
 # a window it does not fit, no lateness and two hours, one shard and eight, a window that
-# does not divide an hour, split runs, two workers, a day and more (final 1d rows).
+# does not divide an hour, roll-ups that do not divide each other, split runs, two
+# workers, a day and more (final 1d rows).
 CORNERS = [
     (
         Drawn(60, 0, 0, None, 1, (), 1, 1),
@@ -186,6 +187,10 @@ CORNERS = [
     (
         Drawn(900, 1200, 3600, 2700, 4, (3600, 86400), 5, 1),
         SmallTopic(_topic(1_500, 2, 30.0, 4, "flat", 2.5), 1, ()),
+    ),
+    (  # a roll-up (45 m) that does not divide the longest (1 h): its windows end later
+        Drawn(900, 0, 0, None, 2, (1800, 2700, 3600), 1, 1),
+        SmallTopic(_topic(914, 2, 30.0, 0, "flat", 1.0), 1, ()),
     ),
 ]
 
@@ -240,6 +245,7 @@ def test_the_corners_reach_what_they_are_meant_to() -> None:
     assert {0, 7200} <= {d.lateness_s for d in drawn}
     assert {1, 8} <= {d.shards for d in drawn}
     assert any(3600 % d.window_s for d in drawn)
+    assert any(max(d.rollups_s) % n for d in drawn if d.rollups_s for n in d.rollups_s)
     assert any((d.dedup_s or 0) > d.lateness_s for d in drawn)
     assert any(d.workers == 2 for d in drawn) and any(d.batch_size == 1 for d in drawn)
     assert any(len(t.cuts) == 2 for t in topics)
