@@ -83,19 +83,32 @@ def test_missing_topic_lists_what_exists(broker, tmp_path: Path) -> None:
         ((), ("--allowed-lateness", "30m"), "lateness"),
         ((), ("--rollups", "1h"), "roll-ups"),
         ((), ("--shards", "8"), "shards"),
+        ((), ("--outcome-horizon", "2h"), "outcome horizon"),
+        ((), ("--topic", "{other topic}"), "made for topic"),
+        ((), ("--output", "{other output}"), "made for output"),
     ],
 )
 def test_state_made_with_other_settings_is_refused(
     broker, tmp_path: Path, first: tuple[str, ...], then: tuple[str, ...], word: str
 ) -> None:
+    """The state remembers what it was made with; another value is refused, and nothing
+    is read or written (the later flag wins over the same flag given before it)."""
     topic = broker.new_topic(partitions=1)
     run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s", *first)
+    other = {
+        "{other topic}": broker.new_topic(partitions=1),
+        "{other output}": str(tmp_path / "o2"),
+    }
+    then = tuple(other.get(arg, arg) for arg in then)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     result = run_cli(
         "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(tmp_path / "o"),
         "--state", str(tmp_path / "s"), *then,
     )  # fmt: skip
     assert result.returncode == 4
     assert word in _one_clear_line(result.stderr)
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert after == before
 
 
 @pytest.mark.broker
