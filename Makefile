@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 PUSHGATEWAY := /usr/bin/prometheus-pushgateway
 
-.PHONY: setup run test lint format bench profile clean pushgateway
+.PHONY: setup run test lint format bench profile clean pushgateway mutations
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ format: $(STAMP)
 
 test: lint pushgateway ## lint, then every test tier (the tests start their own servers)
 	$(BIN)/pytest
+
+mutations: $(STAMP) pushgateway ## each mutation in tests/mutations.py in a scratch copy: which tests catch it
+	$(BIN)/python -m tests.mutations $(MUTATIONS)
 
 pushgateway: ## the Prometheus Pushgateway the metrics tests push to (Debian package, via apt)
 	@if [ ! -x $(PUSHGATEWAY) ] && command -v apt-get >/dev/null; then \
