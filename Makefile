@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PUSHGATEWAY := /usr/bin/prometheus-pushgateway
 PROMTOOL := /usr/bin/promtool
 
-.PHONY: setup run test lint format bench profile clean pushgateway prometheus
+.PHONY: setup run test lint format bench profile clean pushgateway prometheus mutations
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ format: $(STAMP)
 
 test: lint pushgateway prometheus ## lint, then every test tier (the tests start their own servers)
 	$(BIN)/pytest
+
+mutations: $(STAMP) pushgateway ## each mutation in tests/mutations.py in a scratch copy: which tests catch it
+	$(BIN)/python -m tests.mutations $(MUTATIONS)
 
 pushgateway: ## the Prometheus Pushgateway the metrics tests push to (Debian package, via apt)
 	@$(call apt_install,prometheus-pushgateway,$(PUSHGATEWAY),the metrics tests)

@@ -24,6 +24,8 @@ import threading
 POINTS = {
     "before-rename": "a Parquet file was written to its temporary name, not yet renamed",
     "after-rename": "a Parquet file was renamed into place, before the next snapshot",
+    "before-snapshot-durable": "a partition reader is asked for its snapshot; the recovery "
+    "store has not recorded that epoch yet",
     "after-snapshot": "a partition reader saw its snapshot become durable",
     "before-group-commit": "durable read positions about to be committed to the consumer group",
     "after-group-commit": "the consumer group accepted a commit of durable read positions",

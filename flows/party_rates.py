@@ -85,13 +85,13 @@ def build_flow(
     )
     # ("clock", Progress): a partition's newest event time and the shards it touched
 
-    span = max((w, *rollups))
+    spans = (w, *rollups)  # a roll-up need not divide the longest one
     floor = None if settings.recompute else view.closed_floor  # a recompute closes all again
     clock = op.stateful_batch(
         CLOCK,
         progress,
         partial(
-            ClockLogic, w, late, horizon, shards, span, partitions,
+            ClockLogic, w, late, horizon, shards, spans, partitions,
             on_watermark=METRICS.watermark, closed_floor=floor,
         ),
     )  # fmt: skip

@@ -25,7 +25,7 @@ class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
         lateness_us: int,
         horizon_us: int,
         shards: int,
-        span_us: int,
+        spans_us: tuple[int, ...],
         partitions: list[int],
         snap: bytes | None,
         *,
@@ -35,9 +35,9 @@ class ClockLogic(StatefulBatchLogic[Progress, ClockOutput, bytes]):
         self.on_watermark = on_watermark  # told the watermark after each batch (metrics)
         args = (window_us, lateness_us, partitions)
         self.clock = (
-            Clock(*args, horizon_us, shards, span_us=span_us, closed_floor=closed_floor)
+            Clock(*args, horizon_us, shards, spans_us=spans_us, closed_floor=closed_floor)
             if snap is None
-            else Clock.restore(*args, snap, horizon_us, shards, span_us=span_us)
+            else Clock.restore(*args, snap, horizon_us, shards, spans_us=spans_us)
         )
 
     def on_batch(self, values: list[Progress]) -> tuple[list[ClockOutput], bool]:

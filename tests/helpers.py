@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -78,22 +79,16 @@ def read_topic(
     return sorted(out)
 
 
+MIN_US = 60_000_000
+HOUR_US = 60 * MIN_US
+DAY_US = 24 * HOUR_US
+
+
 def reference_rows(
     messages: list[tuple[int, int, bytes | None]], window_us: int, lateness_us: int
 ) -> pd.DataFrame:
     """What the job must write to ``party_rates``, from the independent reference."""
     return reference.rates(reference.run(messages, window_us, lateness_us), window_us)
-
-
-def reference_outcomes(
-    messages: list[tuple[int, int, bytes | None]],
-    window_us: int,
-    lateness_us: int,
-    horizon_us: int = 3_600_000_000,
-) -> pd.DataFrame:
-    """Final ``disconnect_outcomes`` rows, from the independent reference."""
-    result = reference.run(messages, window_us, lateness_us)
-    return reference.outcomes(result, window_us, horizon_us)
 
 
 def partitioned(messages: list[Any], partitions: int = 4) -> list[tuple[int, int, bytes | None]]:
@@ -111,17 +106,16 @@ def partitioned(messages: list[Any], partitions: int = 4) -> list[tuple[int, int
 
 def reference_frames(
     messages: list[tuple[int, int, bytes | None]],
-    window_us: int = 5 * 60_000_000,
-    lateness_us: int = 10 * 60_000_000,
-    horizon_us: int = 3_600_000_000,
+    window_us: int = 5 * MIN_US,
+    lateness_us: int = 10 * MIN_US,
+    horizon_us: int = HOUR_US,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``party_rates`` (every row) and ``disconnect_outcomes`` (final rows) as the
     independent reference makes them, with the loaders' columns and types."""
     result = reference.run(messages, window_us, lateness_us)
     rates = reference.rates(result, window_us)
-    outcomes = reference.outcomes(result, window_us, horizon_us)
-    outcomes["window_end"] = outcomes["window_start"] + pd.Timedelta(microseconds=window_us)
-    outcomes["is_final"] = True
+    outcomes = reference.outcomes(result, window_us, horizon_us, final_only=False)
+    outcomes = outcomes[outcomes["is_final"]].reset_index(drop=True)
     frames = []
     for frame, schema in ((rates, RATES_SCHEMA), (outcomes, OUTCOMES_SCHEMA)):
         frame["date"] = frame["window_start"].dt.date
@@ -132,6 +126,15 @@ def reference_frames(
 
 ROLLUPS = ("1h", "1d")
 """The roll-up datasets the job writes by default (``party_rates_1h``, …)."""
+DEFAULT_ROLLUPS_US = (HOUR_US, DAY_US)
+
+
+def rollups_for(window_us: int, rollups_us: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The roll-up lengths a run writes: ``rollups_us`` as given, or of the default list
+    those that are multiples of the window and longer (as ``--rollups`` left out does)."""
+    if rollups_us is not None:
+        return tuple(sorted(set(rollups_us)))
+    return tuple(n for n in DEFAULT_ROLLUPS_US if n > window_us and n % window_us == 0)
 
 
 def _load(output: Path, dataset: str, schema: Any) -> pd.DataFrame:
@@ -153,13 +156,10 @@ def job_outcomes(
     """disconnect_outcomes rows in the reference's columns (final rows only by default)."""
     from schemas.output import OUTCOMES_SCHEMA
 
-    df = _load(output, dataset, OUTCOMES_SCHEMA)
+    df = _normalise(_load(output, dataset, OUTCOMES_SCHEMA))
     if final_only:
         df = df[df["is_final"]].drop(columns=["window_end", "is_final"])
-    df = df.drop(columns=["date"])
-    df["namespace"] = df["namespace"].astype(str)
-    df["window_start"] = df["window_start"].astype("datetime64[us, UTC]")
-    return df.sort_values(["namespace", "window_start"], ignore_index=True)
+    return df.reset_index(drop=True)
 
 
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:
@@ -178,7 +178,8 @@ def job_rows(output: Path, dataset: str = "party_rates") -> pd.DataFrame:
 
 
 def assert_same_rows(got: pd.DataFrame, want: pd.DataFrame) -> None:
-    pd.testing.assert_frame_equal(got, want, check_dtype=False, check_categorical=False)
+    """The same columns in the same order, of the same types, and the same rows."""
+    pd.testing.assert_frame_equal(got, want, check_categorical=False)
 
 
 def late_rows(output: Path) -> pd.DataFrame:
@@ -202,49 +203,114 @@ def total_counts(output: Path) -> dict[str, int]:
     return total
 
 
+LOG_DATASETS = ("late_events", "dead_letters")
+
+
+def window_dataset_names(output: Path) -> list[str]:
+    """The per-window datasets an output holds: ``party_rates``, ``disconnect_outcomes``
+    and their roll-ups (every directory but the logs and ``_runs``)."""
+    if not output.exists():
+        return []
+    return sorted(
+        d.name
+        for d in output.iterdir()
+        if d.is_dir() and d.name not in LOG_DATASETS and not d.name.startswith(("_", "."))
+    )
+
+
+def assert_one_file_per_partition(output: Path) -> None:
+    """The file-count promise, for every dataset: each directory of a per-window dataset
+    that holds data holds exactly one file, ``part-0.parquet``; nothing anywhere is a
+    temporary file left behind."""
+    for name in window_dataset_names(output):
+        for directory in sorted({f.parent for f in (output / name).rglob("*") if f.is_file()}):
+            files = sorted(f.name for f in directory.iterdir() if f.is_file())
+            assert files == ["part-0.parquet"], (directory, files)
+    left = [p for p in output.rglob("*") if p.name.endswith(".tmp")]
+    assert left == [], left
+
+
 def assert_same_output(got: Path, want: Path) -> None:
-    """Two outputs hold the same rows in all four datasets (final and provisional), and
+    """Two outputs hold the same datasets with the same rows (final and provisional), and
     their manifests account for the same messages in the same way."""
-    for suffix in ("", *(f"_{label}" for label in ROLLUPS)):
-        rates, outcomes = f"party_rates{suffix}", f"disconnect_outcomes{suffix}"
-        assert_same_rows(job_rows(got, rates), job_rows(want, rates))
-        assert_same_rows(job_outcomes(got, False, outcomes), job_outcomes(want, False, outcomes))
+    names = window_dataset_names(want)
+    assert window_dataset_names(got) == names
+    assert "party_rates" in names
+    for name in names:
+        if name.startswith("party_rates"):
+            assert_same_rows(job_rows(got, name), job_rows(want, name))
+        else:
+            assert_same_rows(job_outcomes(got, False, name), job_outcomes(want, False, name))
     assert_same_rows(late_rows(got), late_rows(want))
     assert_same_rows(dead_rows(got), dead_rows(want))
     assert total_counts(got) == total_counts(want)
+    assert_one_file_per_partition(got)
 
 
 def assert_matches_reference(
     output: Path,
     messages: list[tuple[int, int, bytes | None]],
-    window_us: int = 5 * 60_000_000,
-    lateness_us: int = 10 * 60_000_000,
-    horizon_us: int = 3_600_000_000,
+    window_us: int = 5 * MIN_US,
+    lateness_us: int = 10 * MIN_US,
+    horizon_us: int = HOUR_US,
     start_us: int = 0,
+    dedup_horizon_us: int = 0,
+    rollups_us: tuple[int, ...] | None = None,
 ) -> reference.Result:
-    """The output of runs over the whole topic equals the independent reference: every
-    rates row, the final outcome rows, the late events and dead letters by position, and
-    the manifests' summed counts (with ``start_us``, for a state made with --start-at)."""
-    result = reference.run(messages, window_us, lateness_us, start_us)
-    assert_same_rows(job_rows(output), reference.rates(result, window_us))
-    assert_same_rows(job_outcomes(output), reference.outcomes(result, window_us, horizon_us))
-    for label, length in zip(ROLLUPS, (3600_000_000, 86400_000_000), strict=True):
-        rates, outcomes = f"party_rates_{label}", f"disconnect_outcomes_{label}"
-        assert_same_rows(job_rows(output, rates), reference.rates(result, length))
+    """The output of runs over the whole topic, with these settings, equals the independent
+    reference: every row of ``party_rates``, ``disconnect_outcomes`` and each roll-up (final
+    and provisional) and no other roll-up, the late events (every column but the key) and
+    the dead letters by position, the manifests' summed counts, and one file per partition
+    directory (``start_us``: a state made with --start-at; ``rollups_us`` None: the default
+    list as it fits the window)."""
+    from flows.core.eventtime import duration_label
+
+    result = reference.run(messages, window_us, lateness_us, start_us, dedup_horizon_us)
+    lengths = rollups_for(window_us, rollups_us)
+    expected = ["party_rates", "disconnect_outcomes"]
+    expected += [f"{kind}_{duration_label(n)}" for n in lengths for kind in expected[:2]]
+    assert set(window_dataset_names(output)) <= set(expected)
+    for length, suffix in [(window_us, ""), *((n, f"_{duration_label(n)}") for n in lengths)]:
+        assert_same_rows(job_rows(output, f"party_rates{suffix}"), reference.rates(result, length))
         assert_same_rows(
-            job_outcomes(output, dataset=outcomes), reference.outcomes(result, length, horizon_us)
+            job_outcomes(output, False, f"disconnect_outcomes{suffix}"),
+            reference.outcomes(result, length, horizon_us, final_only=False),
         )
-    late = late_rows(output)
-    assert list(zip(late["partition"], late["offset"], late["id"], strict=True)) == [
-        (ev.partition, ev.offset, ev.id) for ev in result.late
-    ]
+    values = {(p, off): value for p, off, value in messages}
+    want_late = pd.DataFrame(
+        {
+            "id": pd.Series([ev.id for ev in result.late], dtype=str),
+            "namespace": pd.Series([ev.namespace for ev in result.late], dtype=str),
+            "name": pd.Series([ev.name for ev in result.late], dtype=str),
+            "event_time": pd.to_datetime(
+                pd.Series([ev.t_us for ev in result.late], dtype="int64"), unit="us", utc=True
+            ).astype("datetime64[us, UTC]"),
+            "partition": pd.Series([ev.partition for ev in result.late], dtype="int32"),
+            "offset": pd.Series([ev.offset for ev in result.late], dtype="int64"),
+            "value": pd.Series(
+                [values[(ev.partition, ev.offset)] for ev in result.late], dtype=object
+            ),
+        }
+    )
+    assert_same_rows(late_rows(output).drop(columns=["key"]), want_late)
     dead = dead_rows(output)
     assert list(zip(dead["partition"], dead["offset"], strict=True)) == result.dead
-    values = {(p, off): value for p, off, value in messages}
     assert [values[(p, off)] for p, off in result.dead] == list(dead["value"])
     counts = total_counts(output)
     assert {k: counts[k] for k in result.counts} == result.counts
+    assert_one_file_per_partition(output)
     return result
+
+
+def assert_as_simulated(out: Path, counts: dict[str, int], messages: list[Any], truth: Any) -> None:
+    """The counts and late events are the simulator's own account of what it made, under
+    the README's rules (``truth``: the simulator's ``Truth``)."""
+    assert truth.late > 0 and truth.duplicates > 0 and truth.malformed > 0
+    assert counts["messages"] == len(messages)
+    assert counts["dead_letters"] == truth.malformed
+    assert counts["duplicates"] == truth.duplicates
+    assert counts["late"] == truth.late
+    assert set(load_late_events(out)["id"]) == truth.late_ids
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Any:
@@ -316,6 +382,49 @@ def snapshotted_epoch(state: Path) -> int:
     except sqlite3.OperationalError:
         return 0
     return int(row[0] or 0)
+
+
+class Lines:
+    """A started process's output stream, read line by line as it is written (a thread),
+    so a test can wait for a line without ending the process."""
+
+    def __init__(self, stream: Any) -> None:
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._lines.append("")  # the end of the stream
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The first line holding ``text``; fails after ``timeout`` s or at the stream's end."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = next((line for line in self._lines if text in line), None)
+                if found is not None:
+                    return found
+                assert self._lines[-1:] != [""], f"ended without {text!r}: {self.text()}"
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {text!r} in {timeout}s: {self.text()}"
+                self._changed.wait(left)
+
+    def text(self) -> str:
+        """Everything read so far."""
+        return "".join(self._lines)
+
+    def all(self, timeout: float = 30) -> str:
+        """Everything, once the process has ended (its stream is read to the end)."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the stream did not end in {timeout}s"
+        return self.text()
 
 
 def start_slow_run(bootstrap: str, topic: str, out: Path, state: Path, *extra: str) -> Any:

@@ -22,9 +22,12 @@ The rules, as the README states them ("How it decides", "The output contract"):
   name; the event time is ``timestampUnixNano`` (ns) when present, else ``timestamp``
   (RFC 3339, fractional digits truncated to µs), within [2000-01-01, 2100-01-01).
 * Per partition, in offset order: an event before the state's start (``--start-at``, the
-  first window boundary at or after its time) is ``before_start``; an id already counted is
-  a duplicate; an event more than the allowed lateness behind the partition's newest
-  counted event time is late; the rest are counted.
+  first window boundary at or after its time) is ``before_start``; an id still remembered
+  is a duplicate; an event more than the allowed lateness behind the partition's newest
+  counted event time is late; the rest are counted. An id is remembered when an event of
+  that id was counted earlier in the partition and that event's window-length bucket
+  (``t // window``) is not wholly before the partition's newest counted event time (before
+  this message) less the dedup horizon (at least the allowed lateness).
 * The watermark is the minimum over partitions of their newest event time, less the
   allowed lateness; a window is final when it ends at or before the watermark's window
   boundary.
@@ -202,9 +205,12 @@ def run(
     window_us: int,
     lateness_us: int,
     start_us: int = 0,
+    dedup_horizon_us: int = 0,
 ) -> Result:
     """The whole topic, partition by partition in offset order, as one run reads it;
-    counting from ``start_us`` on (a window boundary), like a state made with ``--start-at``."""
+    counting from ``start_us`` on (a window boundary), like a state made with ``--start-at``;
+    ids remembered for ``dedup_horizon_us`` (never less than the allowed lateness)."""
+    horizon_us = max(dedup_horizon_us, lateness_us)
     out = Result()
     counts = dict.fromkeys(("messages", "counted", "skipped", "duplicates", "late"), 0)
     counts["dead_letters"] = counts["before_start"] = 0
@@ -213,7 +219,7 @@ def run(
         by_partition[partition].append((offset, value))
     newest: dict[int, int] = {}
     for partition, msgs in sorted(by_partition.items()):
-        seen: set[str] = set()
+        seen: dict[str, int] = {}  # id -> the window-length bucket of its counted event
         for offset, value in sorted(msgs, key=lambda m: m[0]):
             counts["messages"] += 1
             kind, what = classify(value)
@@ -227,14 +233,14 @@ def run(
             ev = Ev(partition, offset, *what)
             if ev.t_us < start_us:
                 counts["before_start"] += 1
-            elif ev.id in seen:
+            elif ev.id in seen and seen[ev.id] >= (newest[partition] - horizon_us) // window_us:
                 counts["duplicates"] += 1
             elif partition in newest and ev.t_us < newest[partition] - lateness_us:
                 counts["late"] += 1
                 out.late.append(ev)
             else:
                 counts["counted"] += 1
-                seen.add(ev.id)
+                seen[ev.id] = ev.t_us // window_us
                 newest[partition] = max(newest.get(partition, ev.t_us), ev.t_us)
                 out.events.append(ev)
     out.counts = counts
@@ -243,6 +249,56 @@ def run(
         out.watermark = watermark
         out.closed_until = watermark - watermark % window_us
     return out
+
+
+RATES_COLUMNS = {
+    "namespace": "str",
+    "window_start": "datetime64[us, UTC]",
+    "window_end": "datetime64[us, UTC]",
+    "disconnected": "int64",
+    "rejoined": "int64",
+    "dropped": "int64",
+    "rejected": "int64",
+    "users_disconnected": "int64",
+    "parties_affected": "int64",
+    "disconnects_per_min": "float64",
+    "drops_per_min": "float64",
+    "drop_ratio": "float64",
+    "rejoin_ratio": "float64",
+    "is_final": "bool",
+}
+"""``party_rates`` as a reader loads it (the partition column ``date`` left out), with the
+output contract's types."""
+
+OUTCOMES_COLUMNS = {
+    "namespace": "str",
+    "window_start": "datetime64[us, UTC]",
+    "window_end": "datetime64[us, UTC]",
+    "disconnects": "int64",
+    "rejoined": "int64",
+    "dropped": "int64",
+    "unresolved": "int64",
+    "superseded": "int64",
+    "orphan_outcomes": "int64",
+    "cohort_drop_ratio": "float64",
+    "rejoin_seconds_p50": "float64",
+    "rejoin_seconds_p95": "float64",
+    "is_final": "bool",
+}
+"""``disconnect_outcomes`` as a reader loads it, likewise."""
+
+
+def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
+    """Rows as a frame of the given columns and types, in (namespace, window) order."""
+    df = pd.DataFrame(rows, columns=list(columns))
+    for col, dtype in columns.items():
+        if dtype.startswith("datetime64"):
+            df[col] = pd.to_datetime(df[col].astype("int64"), unit="us", utc=True).astype(dtype)
+        elif dtype == "float64":
+            df[col] = df[col].astype("float64")  # None: NaN, also in a column of only None
+        else:
+            df[col] = df[col].astype(dtype)
+    return df.sort_values(["namespace", "window_start"], ignore_index=True)
 
 
 def rates(result: Result, window_us: int) -> pd.DataFrame:
@@ -282,16 +338,17 @@ def rates(result: Result, window_us: int) -> pd.DataFrame:
                 "is_final": closed is not None and start + window_us <= closed,
             }
         )
-    df = pd.DataFrame(rows)
-    for col in ("window_start", "window_end"):
-        df[col] = pd.to_datetime(df[col], unit="us", utc=True).astype("datetime64[us, UTC]")
-    return df.sort_values(["namespace", "window_start"], ignore_index=True)
+    return _frame(rows, RATES_COLUMNS)
 
 
-def outcomes(result: Result, window_us: int, horizon_us: int) -> pd.DataFrame:
-    """Final ``disconnect_outcomes`` rows: each player's events in time order, one pass."""
+def outcomes(
+    result: Result, window_us: int, horizon_us: int, final_only: bool = True
+) -> pd.DataFrame:
+    """``disconnect_outcomes`` rows: each player's events in time order, one pass, as far
+    as the watermark has passed them. ``final_only``: the final rows, without
+    ``window_end`` and ``is_final``; else every row, provisional ones included, as a run
+    that ends here writes them (a provisional row holds the outcomes decided so far)."""
     closed = result.closed_until
-    assert closed is not None
     aggs: dict[tuple[str, int], dict[str, Any]] = {}
 
     def agg(ns: str, t: int) -> dict[str, Any]:
@@ -305,6 +362,8 @@ def outcomes(result: Result, window_us: int, horizon_us: int) -> pd.DataFrame:
         if ev.name != REJECTED and ev.session and ev.user:
             players[(ev.namespace, ev.session, ev.user)].append(ev)
     for (ns, _s, _u), evs in players.items():
+        if closed is None:
+            break  # no watermark: nothing is matched yet
         evs.sort(key=lambda e: (e.t_us, MATCH_ORDER[e.name]))  # stable: equal ones alike
         opened: int | None = None
         for ev in [e for e in evs if e.t_us < closed]:
@@ -330,14 +389,16 @@ def outcomes(result: Result, window_us: int, horizon_us: int) -> pd.DataFrame:
             agg(ns, opened)["u"] += 1
     rows = []
     for (ns, start), a in aggs.items():
-        if start + window_us + horizon_us > closed:
-            continue  # final rows only
+        final = closed is not None and start + window_us + horizon_us <= closed
+        if final_only and not final:
+            continue
         decided = a["r"] + a["x"]
         times = a["times"]
         rows.append(
             {
                 "namespace": ns,
                 "window_start": start,
+                "window_end": start + window_us,
                 "disconnects": a["d"],
                 "rejoined": a["r"],
                 "dropped": a["x"],
@@ -347,11 +408,8 @@ def outcomes(result: Result, window_us: int, horizon_us: int) -> pd.DataFrame:
                 "cohort_drop_ratio": a["x"] / decided if decided else None,
                 "rejoin_seconds_p50": float(np.percentile(times, 50)) if times else None,
                 "rejoin_seconds_p95": float(np.percentile(times, 95)) if times else None,
+                "is_final": final,
             }
         )
-    columns = ["namespace", "window_start", "disconnects", "rejoined", "dropped", "unresolved"]
-    columns += ["superseded", "orphan_outcomes", "cohort_drop_ratio", "rejoin_seconds_p50"]
-    df = pd.DataFrame(rows, columns=[*columns, "rejoin_seconds_p95"])
-    df["window_start"] = pd.to_datetime(df["window_start"], unit="us", utc=True)
-    df["window_start"] = df["window_start"].astype("datetime64[us, UTC]")
-    return df.sort_values(["namespace", "window_start"], ignore_index=True)
+    df = _frame(rows, OUTCOMES_COLUMNS)
+    return df.drop(columns=["window_end", "is_final"]) if final_only else df

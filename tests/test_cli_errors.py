@@ -109,10 +109,41 @@ def test_settings_that_change_the_output_meaning_are_refused(
 def test_changed_shards_or_rollups_rebuild_the_state(
     broker, tmp_path: Path, then: tuple[str, ...]
 ) -> None:
+    """The state remembers what it was made with; another value is refused, and nothing
+    is read or written (the later flag wins over the same flag given before it)."""
     topic = broker.new_topic(partitions=1)
     run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s")
     result = run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s", *then)
     assert "rebuilding the state" in result.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize(
+    ("then", "word"),
+    [
+        (("--topic", "{other topic}"), "does not match the output"),
+        (("--output", "{other output}"), "made for output"),
+    ],
+)
+def test_a_state_of_another_topic_or_output_is_refused(
+    broker, tmp_path: Path, then: tuple[str, ...], word: str
+) -> None:
+    topic = broker.new_topic(partitions=1)
+    run_job(broker.bootstrap, topic, tmp_path / "o", tmp_path / "s")
+    other = {
+        "{other topic}": broker.new_topic(partitions=1),
+        "{other output}": str(tmp_path / "o2"),
+    }
+    then = tuple(other.get(arg, arg) for arg in then)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    result = run_cli(
+        "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(tmp_path / "o"),
+        "--state", str(tmp_path / "s"), *then,
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert word in _one_clear_line(result.stderr)
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert after == before
 
 
 @pytest.mark.broker

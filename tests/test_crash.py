@@ -8,6 +8,10 @@ several days, so settled days are written in the middle of the run. The next run
 resume (not restart) and end with exactly the rows, late events, dead letters, outcomes
 and counts of an uninterrupted run.
 
+Every output is compared with the independent reference (``tests/reference.py``) for the
+topic, and the uninterrupted run also with the simulator's own account, so a mistake the
+job makes the same way with and without the kill is caught too.
+
 The consumer group's offsets (read as monitoring tools read them) are never ahead of where
 the next run resumes, whenever the kill came, and equal the last run's ends once it has
 completed.
@@ -25,28 +29,48 @@ import pytest
 from flows.analysis import load_manifests, load_party_rates
 from flows.tooling.simulator import SimConfig, generate, produce
 from tests.helpers import (
+    assert_as_simulated,
+    assert_matches_reference,
     assert_same_output,
     group_offsets,
+    job_rows,
+    read_topic,
     run_cli,
     run_job,
     snapshotted_epoch,
     start_slow_run,
+    total_counts,
 )
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-DAYS = SimConfig(messages=40_000, namespaces=6, hours=72, seed=4)
+# Three days: settled days are written mid-run; events without a player or party, and
+# copies re-sent past the dedup horizon (late, not duplicates), go through the kills too.
+DAYS = SimConfig(
+    messages=40_000, namespaces=6, hours=72, seed=4, anonymous_rate=0.02, stale_resend_rate=0.005
+)
 SLOW = ("--batch-size", "20", "--snapshot-interval", "100ms")
+Topic = list[tuple[int, int, bytes | None]]
 
 
 @pytest.fixture(scope="module")
-def days_topic(broker, tmp_path_factory) -> tuple[str, Path, int]:
-    """A topic of three simulated days, and the output of one uninterrupted run over it."""
+def days_topic(broker, tmp_path_factory) -> tuple[str, Path, Topic]:
+    """A topic of three simulated days, the output of one uninterrupted run over it (equal
+    to the reference and the simulator's account), and the topic's messages."""
     topic = broker.new_topic()
-    messages, _ = generate(DAYS)
+    messages, truth = generate(DAYS)
     produce(broker.bootstrap, topic, messages)
     clean = tmp_path_factory.mktemp("clean")
     run_job(broker.bootstrap, topic, clean / "out", clean / "state")
-    return topic, clean / "out", len(messages)
+    read = read_topic(broker.bootstrap, topic, 4)
+    assert_matches_reference(clean / "out", read)
+    assert_as_simulated(clean / "out", total_counts(clean / "out"), messages, truth)
+    return topic, clean / "out", read
+
+
+def assert_the_truth(out: Path, clean: Path, messages: Topic) -> None:
+    """All four datasets of runs with a kill equal the reference's, and the clean run's."""
+    assert_matches_reference(out, messages)
+    assert_same_output(out, clean)
 
 
 def _temp_files(out: Path) -> list[Path]:
@@ -90,7 +114,9 @@ def assert_resumed(out: Path, total: int, cut: tuple[str, ...] = ("interrupted",
 
 
 # after-snapshot@12: the twelfth partition snapshot seen durable (about the third epoch),
-# so that the killed run has read something; before-group-commit@12 likewise (a partition
+# so that the killed run has read something; before-snapshot-durable@12: the twelfth
+# snapshot taken after the first durable one, before the store records its epoch (the
+# next run resumes from the epoch before); before-group-commit@12 likewise (a partition
 # commits at most once an epoch); after-group-commit@3: the third answer of the group
 # coordinator (the partitions' positions of an epoch often share one request)
 @pytest.mark.parametrize(
@@ -98,6 +124,7 @@ def assert_resumed(out: Path, total: int, cut: tuple[str, ...] = ("interrupted",
     [
         "before-rename",
         "after-rename",
+        "before-snapshot-durable@12",
         "after-snapshot@12",
         "before-group-commit@12",
         "after-group-commit@3",
@@ -106,7 +133,8 @@ def assert_resumed(out: Path, total: int, cut: tuple[str, ...] = ("interrupted",
 def test_killed_at_a_failpoint_then_resumed(
     broker, days_topic, tmp_path: Path, failpoint: str
 ) -> None:
-    topic, clean, total = days_topic
+    topic, clean, messages = days_topic
+    total = len(messages)
     out, state, group = tmp_path / "out", tmp_path / "state", new_group()
     args = ["--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
     args += ["--state", str(state), "--progress", "off", "--group-id", group, *SLOW]
@@ -134,7 +162,7 @@ def test_killed_at_a_failpoint_then_resumed(
     if left:
         assert f"removed {len(left)} temporary files of an earlier run" in again.stderr
     assert _temp_files(out) == []
-    assert_same_output(out, clean)
+    assert_the_truth(out, clean, messages)
     assert_resumed(out, total)
     assert_group_never_ahead(committed, out)
     assert_group_at_the_end(broker.bootstrap, group, topic, out)
@@ -148,7 +176,7 @@ def test_killed_around_the_final_group_commit_then_resumed(
     longer than the run) commits once, after the dataflow returned: killed just before
     that commit the group has nothing; just after, it has the run's ends. The next run
     resumes at those ends and reads nothing again."""
-    topic, clean, _total = days_topic
+    topic, clean, messages = days_topic
     out, state, group = tmp_path / "out", tmp_path / "state", new_group()
     args = ["--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
     args += ["--state", str(state), "--progress", "off", "--group-id", group]
@@ -162,7 +190,7 @@ def test_killed_around_the_final_group_commit_then_resumed(
     assert committed == ({} if failpoint == "before-group-commit" else ends)
 
     run_job(broker.bootstrap, topic, out, state, "--group-id", group)
-    assert_same_output(out, clean)
+    assert_the_truth(out, clean, messages)
     first, resumed = load_manifests(out)
     assert resumed["counts"]["messages"] == 0
     assert {int(p): s["from"] for p, s in resumed["partitions"].items()} == ends
@@ -172,7 +200,8 @@ def test_killed_around_the_final_group_commit_then_resumed(
 
 def test_kill_9_from_outside_mid_run_then_resume(broker, days_topic, tmp_path: Path) -> None:
     """A kill at no particular point (the operating system's, not a failpoint)."""
-    topic, clean, total = days_topic
+    topic, clean, messages = days_topic
+    total = len(messages)
     out, state, group = tmp_path / "out", tmp_path / "state", new_group()
     proc = start_slow_run(broker.bootstrap, topic, out, state, "--group-id", group)
     proc.send_signal(signal.SIGKILL)
@@ -181,7 +210,7 @@ def test_kill_9_from_outside_mid_run_then_resume(broker, days_topic, tmp_path: P
     committed = group_offsets(broker.bootstrap, group, topic)
     run_job(broker.bootstrap, topic, out, state, "--group-id", group)
     assert _temp_files(out) == []
-    assert_same_output(out, clean)
+    assert_the_truth(out, clean, messages)
     assert_resumed(out, total)
     assert_group_never_ahead(committed, out)
     assert_group_at_the_end(broker.bootstrap, group, topic, out)
@@ -189,7 +218,8 @@ def test_kill_9_from_outside_mid_run_then_resume(broker, days_topic, tmp_path: P
 
 def test_kill_9_while_following_then_resume(broker, days_topic, tmp_path: Path) -> None:
     """Following writes every flush interval: killed just after such a write."""
-    topic, clean, total = days_topic
+    topic, clean, messages = days_topic
+    total = len(messages)
     out, state, group = tmp_path / "out", tmp_path / "state", new_group()
     args = ["--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
     args += ["--state", str(state), "--progress", "off", "--follow", *SLOW]
@@ -199,7 +229,36 @@ def test_kill_9_while_following_then_resume(broker, days_topic, tmp_path: Path) 
     committed = group_offsets(broker.bootstrap, group, topic)
     assert committed, "a following run commits as its snapshots become durable"
     run_job(broker.bootstrap, topic, out, state, "--group-id", group)
-    assert_same_output(out, clean)
+    assert_the_truth(out, clean, messages)
     assert_resumed(out, total)
+    assert_group_never_ahead(committed, out)
+    assert_group_at_the_end(broker.bootstrap, group, topic, out)
+
+
+# Away from every default: one-minute windows, lateness and horizons of their own, three
+# shards, a roll-up list of its own.
+OTHER = {"window": "1m", "allowed-lateness": "25m", "outcome-horizon": "20m"}
+OTHER |= {"dedup-horizon": "2h", "shards": "3", "rollups": "30m,1d"}
+
+
+def test_killed_at_other_settings_then_resumed(broker, days_topic, tmp_path: Path) -> None:
+    """A kill before a snapshot is durable, at settings far from the defaults: the next
+    run resumes, and all four datasets equal the reference at those settings."""
+    topic, _clean, messages = days_topic
+    out, state, group = tmp_path / "out", tmp_path / "state", new_group()
+    flags = [x for k, v in OTHER.items() for x in (f"--{k}", v)]
+    args = ["--brokers", broker.bootstrap, "--topic", topic, "--output", str(out)]
+    args += ["--state", str(state), "--progress", "off", "--group-id", group, *SLOW, *flags]
+    killed = run_cli("run", *args, env={"PARTY_RATES_FAILPOINT": "before-snapshot-durable@20"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    committed = group_offsets(broker.bootstrap, group, topic)
+    run_job(broker.bootstrap, topic, out, state, "--group-id", group, *flags)
+    minute = 60_000_000
+    assert_matches_reference(
+        out, messages, window_us=minute, lateness_us=25 * minute, horizon_us=20 * minute,
+        dedup_horizon_us=120 * minute, rollups_us=(30 * minute, 1440 * minute),
+    )  # fmt: skip
+    assert job_rows(out, "party_rates_1d")["is_final"].any()
+    assert_resumed(out, len(messages))
     assert_group_never_ahead(committed, out)
     assert_group_at_the_end(broker.bootstrap, group, topic, out)

@@ -12,8 +12,10 @@ import base64
 import html
 import math
 import re
+import signal
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -318,14 +320,74 @@ def test_nothing_is_flagged_on_a_simulated_day_without_incidents(seed: int) -> N
 # --- through the job and the report --------------------------------------------------------
 
 
-@pytest.mark.broker
-def test_the_report_opens_with_the_incidents_in_the_job_output(broker, tmp_path: Path) -> None:
+INCIDENT_DAY = SimConfig(messages=60_000, namespaces=6, other_share=0.0, incidents=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def incident_topic(broker, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A day with one incident on the broker, the simulator's truth, and one run's output."""
     topic = broker.new_topic()
-    cfg = SimConfig(messages=60_000, namespaces=6, other_share=0.0, incidents=1, seed=0)
-    messages, truth = generate(cfg)
+    messages, truth = generate(INCIDENT_DAY)
     produce(broker.bootstrap, topic, messages)
-    out = tmp_path / "out"
-    run_job(broker.bootstrap, topic, out, tmp_path / "state")
+    out = tmp_path_factory.mktemp("incident") / "out"
+    run_job(broker.bootstrap, topic, out, out.parent / "state")
+    return topic, messages, truth, out
+
+
+def _job_incidents(out: Path) -> pd.DataFrame:
+    return analysis.find_incidents(analysis.load_disconnect_outcomes(out))
+
+
+def assert_found_whole(found: pd.DataFrame, truth: Any) -> None:
+    """One incident per simulated one, in its namespace, starting and ending within a
+    window of where the simulator made it start and end."""
+    assert sorted(found["namespace"]) == sorted(inc.namespace for inc in truth.incidents)
+    for inc in truth.incidents:
+        (row,) = found[found["namespace"] == inc.namespace].itertuples()
+        first = _window_of(pd.Timestamp(inc.start))
+        last = _window_of(pd.Timestamp(inc.end) - pd.Timedelta(microseconds=1))
+        assert abs(row.start - first) <= WINDOW, (inc, row)
+        assert abs(row.end - WINDOW - last) <= WINDOW, (inc, row)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_incidents_through_the_job_are_the_same_however_it_ran(
+    broker, incident_topic: tuple, tmp_path: Path
+) -> None:
+    """The job's outcome rows give the incidents the simulator made, start and end, and
+    the very same incidents whether the job ran once, in three runs, killed and resumed,
+    or with two workers."""
+    from flows.tooling.simulator import chunks
+
+    topic, messages, truth, once = incident_topic
+    found = _job_incidents(once)
+    assert_found_whole(found, truth)
+    outputs = {}
+    split = broker.new_topic()
+    for part in chunks(messages, 3):
+        produce(broker.bootstrap, split, part)
+        run_job(broker.bootstrap, split, tmp_path / "split", tmp_path / "split-state")
+    outputs["split"] = tmp_path / "split"
+    crash, crash_state = tmp_path / "crash", tmp_path / "crash-state"
+    args = ["--brokers", broker.bootstrap, "--topic", topic, "--output", str(crash)]
+    args += ["--state", str(crash_state), "--progress", "off", "--batch-size", "20"]
+    killed = run_cli(
+        "run", *args, "--snapshot-interval", "100ms",
+        env={"PARTY_RATES_FAILPOINT": "after-snapshot@12"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_job(broker.bootstrap, topic, crash, crash_state)
+    outputs["crash"] = crash
+    run_job(broker.bootstrap, topic, tmp_path / "w2", tmp_path / "w2-state", "--workers", "2")
+    outputs["two workers"] = tmp_path / "w2"
+    for how, out in outputs.items():
+        pd.testing.assert_frame_equal(_job_incidents(out), found, obj=how)
+
+
+@pytest.mark.broker
+def test_the_report_opens_with_the_incidents_in_the_job_output(incident_topic: tuple) -> None:
+    _topic, _messages, truth, out = incident_topic
     (inc,) = truth.incidents
 
     result = run_cli("report", "--output", str(out))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -14,12 +16,14 @@ from confluent_kafka import Producer
 
 from flows.analysis import load_dead_letters, load_late_events, load_manifests
 from flows.edges.source import QUIET
-from flows.tooling.simulator import SimConfig, Truth, chunks, envelope, generate, produce
+from flows.tooling.simulator import SimConfig, chunks, envelope, generate, produce
 from tests import reference
 from tests.helpers import (
+    assert_as_simulated,
     assert_matches_reference,
     assert_same_output,
     dead_rows,
+    group_offsets,
     job_outcomes,
     job_rows,
     late_rows,
@@ -33,7 +37,11 @@ from tests.helpers import (
 pytestmark = pytest.mark.broker
 MIN = 60_000_000
 WINDOW, LATENESS = 5 * MIN, 10 * MIN
-SMALL = SimConfig(messages=20_000, namespaces=12, hours=6)
+SMALL = SimConfig(
+    messages=20_000, namespaces=12, hours=6, anonymous_rate=0.02, stale_resend_rate=0.005
+)
+"""Six hours of twelve games; some events without a player or party, some copies re-sent
+hours later (past the dedup horizon: late, not duplicates)."""
 
 
 def _check_counts(manifest: dict) -> None:
@@ -61,15 +69,53 @@ def test_scheduled_run_matches_reference(broker, tmp_path: Path) -> None:
     assert load_dead_letters(out)["error"].str.len().min() > 5
 
 
-def assert_as_simulated(out: Path, counts: dict, messages: list, truth: Truth) -> None:
-    """The counts and late events are the simulator's own account of what it made, under
-    the README's rules."""
-    assert truth.late > 0 and truth.duplicates > 0 and truth.malformed > 0
-    assert counts["messages"] == len(messages)
-    assert counts["dead_letters"] == truth.malformed
-    assert counts["duplicates"] == truth.duplicates
-    assert counts["late"] == truth.late
-    assert set(load_late_events(out)["id"]) == truth.late_ids
+# The README's backfill example, as written, over data that crosses its start (and a UTC
+# day); and a run far from every default, with two workers.
+BACKFILL = ("--window", "1m", "--start-at", "2026-11-01T00:00:00Z")
+BACKFILL_GROUP = ("--group-id", "party-rates-backfill-1m")
+FAR = ("--window", "10m", "--allowed-lateness", "30m", "--outcome-horizon", "15m")
+FAR += ("--dedup-horizon", "1h", "--shards", "2", "--rollups", "30m,2h", "--workers", "2")
+
+
+@pytest.mark.parametrize(
+    ("flags", "cfg", "want"),
+    [
+        (
+            (*BACKFILL, *BACKFILL_GROUP),
+            replace(SMALL, start=datetime(2026, 10, 31, 23, tzinfo=UTC)),
+            {"window_us": MIN, "start_us": 1_793_491_200 * 10**6},
+        ),
+        (
+            FAR,
+            replace(SMALL, seed=3),
+            {
+                "window_us": 10 * MIN, "lateness_us": 30 * MIN, "horizon_us": 15 * MIN,
+                "dedup_horizon_us": 60 * MIN, "rollups_us": (30 * MIN, 120 * MIN),
+            },
+        ),
+    ],
+    ids=["readme-backfill", "far-from-defaults"],
+)  # fmt: skip
+def test_scheduled_run_matches_reference_at_other_settings(
+    broker, tmp_path: Path, flags: tuple[str, ...], cfg: SimConfig, want: dict
+) -> None:
+    """Through the broker and the command, at settings other than the defaults: every
+    dataset equals the reference at the same settings."""
+    topic = broker.new_topic()
+    messages, _truth = generate(cfg)
+    produce(broker.bootstrap, topic, messages)
+    out = tmp_path / "out"
+    run_job(broker.bootstrap, topic, out, tmp_path / "state", *flags)
+    result = assert_matches_reference(out, read_topic(broker.bootstrap, topic, 4), **want)
+    (manifest,) = load_manifests(out)
+    assert manifest["status"] == "completed"
+    _check_counts(manifest)
+    if "start_us" in want:  # the data crosses the start
+        assert 0 < manifest["counts"]["before_start"] < manifest["counts"]["messages"]
+        assert min(ev.t_us for ev in result.events) >= want["start_us"]
+        ends = {int(p): span["to"] for p, span in manifest["partitions"].items()}
+        assert group_offsets(broker.bootstrap, "party-rates-backfill-1m", topic) == ends
+    assert len(result.late) > 0 and len(job_outcomes(out)) > 0
 
 
 def _first_counted_everywhere(messages: list, partitions: int = 4) -> int:
@@ -108,6 +154,7 @@ def test_split_runs_equal_one_run(broker, tmp_path: Path, seed: int) -> None:
         run_job(broker.bootstrap, split, tmp_path / "split", tmp_path / "split-state")
 
     assert_same_output(tmp_path / "split", tmp_path / "one")
+    assert_matches_reference(tmp_path / "split", read_topic(broker.bootstrap, split, 4))
     parts = job_rows(tmp_path / "split")
     assert parts["is_final"].sum() > 0.9 * len(parts)
     assert len(late_rows(tmp_path / "split")) > 0 and len(dead_rows(tmp_path / "split")) > 0
@@ -201,6 +248,16 @@ def test_awkward_namespaces_round_trip(broker, tmp_path: Path) -> None:
     run_job(broker.bootstrap, topic, out, tmp_path / "state")
 
     assert sorted(job_rows(out)["namespace"]) == sorted(AWKWARD)
+    # Each in its directory name exactly as pyarrow (and Spark) encode a Hive partition.
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    hive = ds.partitioning(pa.schema([("namespace", pa.string())]), flavor="hive")
+    encoded = {hive.format(pc.field("namespace") == ns)[0] for ns in AWKWARD}
+    assert "namespace=..%2Fx" in encoded and "namespace=%2541" in encoded  # the README's
+    for dataset in ("party_rates", "party_rates_1h", "party_rates_1d"):
+        assert {d.name for d in (out / dataset).iterdir()} == encoded, dataset
     read_back = pd.read_parquet(out / "party_rates")
     assert sorted(read_back["namespace"].astype(str)) == sorted(AWKWARD)
     outside = [p for p in tmp_path.rglob("*.parquet") if out not in p.parents]
@@ -251,7 +308,7 @@ def test_more_workers_equal_one(broker, tmp_path: Path, partitions: int, workers
     run_job(broker.bootstrap, topic, tmp_path / "w1", tmp_path / "s1")
     run_job(broker.bootstrap, topic, tmp_path / "w2", tmp_path / "s2", "--workers", str(workers))
     assert_same_output(tmp_path / "w2", tmp_path / "w1")
-    assert_matches_reference(tmp_path / "w1", read_topic(broker.bootstrap, topic, partitions))
+    assert_matches_reference(tmp_path / "w2", read_topic(broker.bootstrap, topic, partitions))
 
 
 def test_two_processes_equal_one(broker, tmp_path: Path) -> None:
@@ -262,6 +319,7 @@ def test_two_processes_equal_one(broker, tmp_path: Path) -> None:
     run_job(broker.bootstrap, topic, tmp_path / "p1", tmp_path / "s1")
     run_job(broker.bootstrap, topic, tmp_path / "p2", tmp_path / "s2", "--processes", "2")
     assert_same_output(tmp_path / "p2", tmp_path / "p1")
+    assert_matches_reference(tmp_path / "p2", read_topic(broker.bootstrap, topic, 3))
     assert [m["status"] for m in load_manifests(tmp_path / "p2")] == ["completed"]
     assert sorted((tmp_path / "s2").glob(".lock-*")) == [
         tmp_path / "s2" / ".lock-0",
@@ -316,6 +374,7 @@ def test_rescaling_between_runs(broker, tmp_path: Path) -> None:
         produce(broker.bootstrap, split, part)
         run_job(broker.bootstrap, split, tmp_path / "split", tmp_path / "split-state", *extra)
     assert_same_output(tmp_path / "split", tmp_path / "one")
+    assert_matches_reference(tmp_path / "split", read_topic(broker.bootstrap, split, 3))
     assert sum(m["counts"]["messages"] for m in load_manifests(tmp_path / "split")) == len(messages)
 
 
@@ -329,6 +388,9 @@ def test_multi_day_backlog_matches_reference(broker, tmp_path: Path) -> None:
     assert_matches_reference(out, read_topic(broker.bootstrap, topic, 2))
     assert len({d.name for d in (out / "party_rates").glob("*/*")}) >= 4
     assert_as_simulated(out, total_counts(out), messages, truth)
+    # The comparison above held final day rows: settled days, in both day roll-ups.
+    assert job_rows(out, "party_rates_1d")["is_final"].sum() >= 3
+    assert job_outcomes(out, True, "disconnect_outcomes_1d").shape[0] >= 3
 
 
 def test_a_partition_without_counted_events_can_meet_a_final_window(broker, tmp_path: Path) -> None:

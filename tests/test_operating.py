@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -24,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from bytewax.recovery import init_db_dir
 from confluent_kafka import Consumer
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -593,6 +596,111 @@ def test_a_failed_run_keeps_the_last_success_time_in_the_textfile(broker, tmp_pa
     after = parse(prom.read_text())
     assert one(after, "party_rates_last_failure_timestamp_seconds", topic=topic) > success
     assert one(after, "party_rates_last_success_timestamp_seconds", topic=topic) == success
+
+
+LABELS = {"topic", "partition", "dataset", "result"}
+"""The README's labels of the job's own series (no label per namespace)."""
+
+
+def _own_label_names(samples: Samples) -> set[str]:
+    return {
+        name
+        for (metric, labels) in samples
+        for name, _v in labels
+        if metric.startswith("party_rates_")
+    }
+
+
+@pytest.mark.broker
+def test_a_failed_push_is_one_line_and_leaves_the_exit_code(broker, tmp_path: Path) -> None:
+    """Nothing listens at the Pushgateway's address: a run that worked still exits 0, one
+    that failed still exits 1, each with one line about the push and no traceback."""
+    topic = broker.new_topic(partitions=1)
+    produce(broker.bootstrap, topic, generate(SimConfig(messages=300, namespaces=2, seed=25))[0])
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    args = ["run", "--brokers", broker.bootstrap, "--topic", topic, "--progress", "off"]
+    args += ["--output", str(tmp_path / "out"), "--state", str(tmp_path / "state")]
+    args += ["--pushgateway", nowhere, "--connect-timeout", "5s"]
+    for env, code in (({}, 0), ({"PARTY_RATES_FAILPOINT": "raise-in-batch"}, 1)):
+        result = run_cli(*args, env=env)
+        assert result.returncode == code, result.stderr
+        pushed = [ln for ln in result.stderr.splitlines() if "pushing metrics" in ln]
+        assert len(pushed) == 1, result.stderr
+        assert pushed[0].startswith(f"party-rates: pushing metrics to {nowhere} failed: ")
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.broker
+def test_each_process_of_a_cluster_writes_its_own_textfile(broker, tmp_path: Path) -> None:
+    """``--metrics-file PATH.prom`` in a cluster: ``PATH.N.prom`` per process, its series
+    labelled ``process``; the labels are the README's, none per namespace; together the
+    files count every message once."""
+    topic = broker.new_topic(partitions=4)
+    messages, _ = generate(SMALL)
+    produce(broker.bootstrap, topic, messages)
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    run_job(
+        broker.bootstrap, topic, tmp_path / "out", tmp_path / "state", "--processes", "2",
+        "--metrics-file", str(textfiles / "party_rates.prom"),
+    )  # fmt: skip
+    files = sorted(p.name for p in textfiles.iterdir())
+    assert files == ["party_rates.0.prom", "party_rates.1.prom"]
+    counted = 0.0
+    for i, name in enumerate(files):
+        samples = parse((textfiles / name).read_text())
+        own = {k: v for k, v in samples.items() if k[0].startswith("party_rates_")}
+        assert own and all(("process", str(i)) in labels for _n, labels in own)
+        assert _own_label_names(own) <= LABELS | {"process"}
+        counted += sum(pick(samples, "party_rates_messages_total").values())
+        assert by_label(samples, "party_rates_next_offset", "partition"), name  # its own
+    assert counted == len(messages)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_metrics_under_bytewax_run_with_the_metrics_port_set(broker, tmp_path: Path) -> None:
+    """Under ``python -m bytewax.run``, Bytewax's ``BYTEWAX_DATAFLOW_API_*`` variables turn
+    its API server on, and with ``PARTY_RATES_METRICS_PORT`` as well the job's metrics are
+    in its ``/metrics``, labelled as the README says."""
+    topic = broker.new_topic(partitions=2)
+    messages, _ = generate(SimConfig(messages=3_000, namespaces=3, hours=2, seed=26))
+    produce(broker.bootstrap, topic, messages)
+    port = free_port()
+    env = {
+        "PARTY_RATES_BROKERS": broker.bootstrap,
+        "PARTY_RATES_TOPIC": topic,
+        "PARTY_RATES_OUTPUT": str(tmp_path / "out"),
+        "PARTY_RATES_STATE": str(tmp_path / "state"),
+        "PARTY_RATES_PROGRESS": "off",
+        "PARTY_RATES_FOLLOW": "true",
+        "PARTY_RATES_METRICS_PORT": str(port),
+        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+        "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),
+    }
+    (tmp_path / "state" / "recovery").mkdir(parents=True)
+    init_db_dir(tmp_path / "state" / "recovery", 1)
+    cmd = [sys.executable, "-m", "bytewax.run", "flows.party_rates:build_flow()"]
+    cmd += ["-r", str(tmp_path / "state" / "recovery"), "-s", "1", "-b", "0"]
+    proc = start(cmd, cwd=tmp_path, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in _deadline_loop("the job's metrics in Bytewax's /metrics"):
+            assert proc.poll() is None, proc.communicate()[1]
+            got = scrape(f"http://127.0.0.1:{port}/metrics")
+            if got is None:
+                continue
+            results = by_label(got, "party_rates_messages_total", "result", topic=topic)
+            if sum(results.values()) == len(messages):
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert any(name.startswith("bytewax_") for name, _labels in got)
+    assert _own_label_names(got) <= LABELS
+    assert by_label(got, "party_rates_next_offset", "partition", topic=topic) == {
+        p: float(e) for p, e in topic_ends(broker.bootstrap, topic, 2).items()
+    }
 
 
 def test_an_unwritable_metrics_file_is_refused(tmp_path: Path) -> None:

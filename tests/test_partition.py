@@ -333,6 +333,56 @@ def test_a_forgotten_id_coming_back_is_late_not_counted() -> None:
     assert again.stats.counts.counted == 0
 
 
+def _one_batch_and_one_by_one(values: list[bytes]) -> tuple[Counts, Counts]:
+    """The counts of ``values`` read as one batch, and as one batch per message."""
+    whole = run(new_state(), batch(values)).stats.counts
+    state, counts = new_state(), []
+    for i, value in enumerate(values):
+        counts.append(run(state, batch([value], i)).stats.counts)
+    by_one = Counts(*(sum(c[k] for c in counts) for k in range(len(Counts._fields))))
+    return whole, by_one
+
+
+def test_whether_a_copy_is_a_duplicate_does_not_depend_on_batch_boundaries() -> None:
+    """An id is remembered while its bucket is not wholly before the newest event time
+    *before the copy* less the horizon: the same whether the copy comes in the batch that
+    moved the partition on, or in a later one."""
+    values = [
+        event_bytes("a", T0),
+        event_bytes("z", T0 + 60 * MIN),  # moves the partition an hour on
+        event_bytes("a", T0),  # a's minute is long forgotten: late, not a duplicate
+        event_bytes("y", T0 + 55 * MIN),
+        event_bytes("y", T0 + 55 * MIN),  # remembered: a duplicate
+    ]
+    whole, by_one = _one_batch_and_one_by_one(values)
+    assert whole == by_one
+    assert (whole.counted, whole.late, whole.duplicates) == (3, 1, 1)
+
+
+def test_a_copy_is_a_duplicate_until_its_bucket_is_wholly_before_the_horizon() -> None:
+    """The edge, to the microsecond: the newest event time less the horizon reaching the
+    end of the copy's bucket makes the id forgotten (and the copy, that far behind, late)."""
+    end_of_bucket = T0 + BUCKET  # a's bucket is [T0, T0 + 1m)
+    for newest, readme in (
+        (end_of_bucket + HORIZON - 1, "duplicate"),
+        (end_of_bucket + HORIZON, "late"),
+    ):
+        values = [event_bytes("a", T0), event_bytes("z", newest), event_bytes("a", T0)]
+        for counts in _one_batch_and_one_by_one(values):
+            assert (counts.duplicates, counts.late) == ((1, 0) if readme == "duplicate" else (0, 1))
+            assert counts.counted == 2
+
+
+def test_batch_end_forgetting_keeps_what_a_later_message_could_find_remembered() -> None:
+    """Ids leave memory at the end of a batch only when no later message can find them
+    remembered: the newest event time only grows."""
+    state = new_state()
+    run(state, batch([event_bytes("a", T0), event_bytes("z", T0 + BUCKET + HORIZON - 1)]))
+    assert "a" in state.dedup.ids
+    again = run(state, batch([event_bytes("a", T0)], 2))
+    assert again.stats.counts.duplicates == 1
+
+
 def test_longer_dedup_horizon_keeps_ids() -> None:
     state = new_state()
     msgs = batch([event_bytes("a", T0), event_bytes("z", T0 + 30 * MIN)])
@@ -451,7 +501,9 @@ def test_a_remembered_id_arriving_late_is_a_duplicate() -> None:
     late_events only holds events that are not in the rates."""
     state = new_state()
     run(state, batch([event_bytes("a", T0), event_bytes("z", T0 + 5 * MIN)]))
-    state.max_t_us = T0 + 11 * MIN  # the partition moved on; "a" is still remembered
+    # the partition moved on: "a" is more than the lateness behind, and still remembered
+    # (its minute is not wholly before the newest time less the horizon)
+    state.max_t_us = T0 + BUCKET + HORIZON - 1
     again = run(state, batch([event_bytes("a", T0)], 2))
     assert again.stats.counts.duplicates == 1
     assert again.late == []

@@ -446,3 +446,85 @@ MESSAGES = st.one_of(
 @given(MESSAGES)
 def test_drawn_messages(value: bytes | None) -> None:
     assert_agree(value)
+
+
+# --- duplicate, late or counted: one partition's order ------------------------------------
+
+
+def _partition_counts(
+    values: list[bytes], window_us: int, lateness_us: int, dedup_us: int
+) -> tuple:
+    """(counted, duplicates, late) of one partition's messages as the job decides them (one
+    batch per message: the decision must not depend on the batching) and as the reference
+    does."""
+    from datetime import UTC, datetime
+
+    from flows.core.partition import PartitionState, process_batch
+    from tests.test_partition import batch
+
+    state = PartitionState(0, window_us)
+    job = [0, 0, 0]
+    for i, value in enumerate(values):
+        c = process_batch(
+            state, 0, batch([value], i), window_us=window_us, shards=2,  # type: ignore[arg-type]
+            lateness_us=lateness_us, dedup_horizon_us=dedup_us, first_offset=i,
+            end_offset=None, seen_at=datetime(2026, 1, 1, tzinfo=UTC),
+        ).stats.counts  # fmt: skip
+        job = [job[0] + c.counted, job[1] + c.duplicates, job[2] + c.late]
+    ref = reference.run(
+        [(0, i, v) for i, v in enumerate(values)], window_us, lateness_us, 0, dedup_us
+    )
+    want = (ref.counts["counted"], ref.counts["duplicates"], ref.counts["late"])
+    assert tuple(job) == want, (job, want)
+    return want
+
+
+MIN_US = 60 * 10**6
+T0_US = 1_795_000_000 * 10**6 // (60 * MIN_US) * (60 * MIN_US)  # an hour boundary
+
+
+def _at(event_id: str, t_us: int) -> bytes:
+    return orjson.dumps(
+        envelope("PartyDisconnectedEvent", id=event_id, timestampUnixNano=t_us * 1000)
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "lateness", "dedup", "newest", "readme"),
+    [
+        # the copy's 5-minute bucket ends at T0 + 5m; the horizon is max(dedup, lateness)
+        (5, 10, 0, 15 * MIN_US - 1, (2, 1, 0)),  # still remembered: a duplicate
+        (5, 10, 0, 15 * MIN_US, (2, 0, 1)),  # forgotten, and more than the lateness behind
+        (5, 10, 30, 35 * MIN_US - 1, (2, 1, 0)),  # a longer dedup horizon remembers longer
+        (5, 10, 30, 35 * MIN_US, (2, 0, 1)),
+        (1, 0, 0, MIN_US - 1, (2, 1, 0)),  # no lateness: the bucket alone
+        (1, 0, 0, MIN_US, (2, 0, 1)),
+        (60, 120, 0, 180 * MIN_US, (2, 0, 1)),
+        (60, 120, 0, 180 * MIN_US - 1, (2, 1, 0)),
+    ],
+)
+def test_duplicate_or_late_at_the_dedup_horizon(
+    window: int, lateness: int, dedup: int, newest: int, readme: tuple[int, int, int]
+) -> None:
+    """Job and reference agree on a copy at the edge of the dedup horizon, as the README
+    states it: remembered while its bucket is not wholly before the newest time less the
+    horizon; past that, so far behind, it is late."""
+    values = [_at("a", T0_US), _at("z", T0_US + newest), _at("a", T0_US)]
+    got = _partition_counts(values, window * MIN_US, lateness * MIN_US, dedup * MIN_US)
+    assert got == readme
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 6 * 60)), min_size=1, max_size=30),
+    st.sampled_from([1, 5, 7, 60]),
+    st.integers(0, 90),
+    st.integers(0, 120),
+)
+def test_drawn_partitions_are_decided_alike(
+    events: list[tuple[str, int]], window: int, lateness: int, dedup: int
+) -> None:
+    """Ids re-used at drawn times (minutes): job and reference count, drop as duplicates
+    and as late the same messages, at drawn window, lateness and dedup horizon."""
+    values = [_at(event_id, T0_US + minute * MIN_US) for event_id, minute in events]
+    _partition_counts(values, window * MIN_US, lateness * MIN_US, dedup * MIN_US)

@@ -142,6 +142,16 @@ def test_a_shard_is_ticked_until_its_outcome_horizon_passed() -> None:
     assert feed(clock, prog(0, T0 + 40 * MIN, 4)) == {}
 
 
+def test_a_shard_is_ticked_until_every_roll_up_holding_its_data_has_ended() -> None:
+    """Roll-ups of 10 and 15 minutes: the 10-minute one holding T0 + 11m ends at T0 + 20m,
+    after the end of the longest roll-up's window (T0 + 15m); the shard hears of both."""
+    clock = Clock(W, LATE, [0], step_us=W, spans_us=(W, 10 * MIN, 15 * MIN))
+    feed(clock, prog(0, T0 + 11 * MIN, 1, keys={A0: T0 + 11 * MIN}))
+    assert list(feed(clock, prog(0, T0 + 17 * MIN, 2))) == [A0]  # T0 + 15m
+    assert list(feed(clock, prog(0, T0 + 22 * MIN, 3))) == [A0]  # T0 + 20m: the last end
+    assert feed(clock, prog(0, T0 + 27 * MIN, 4)) == {}
+
+
 def test_unknown_keys_get_no_tick() -> None:
     clock = Clock(W, LATE, [0])
     assert feed(clock, prog(0, T0 + 30 * MIN)) == {}

@@ -167,6 +167,7 @@ def process_batch(
     counted as ``reread`` only, and leave no late event or dead letter (written before).
     Marks older than ``keep_marks_us`` before the newest event time are dropped.
     """
+    horizon = max(dedup_horizon_us, lateness_us)
     split = 0
     if messages and messages[0].offset() < reread_before:
         split = len(messages)
@@ -178,15 +179,17 @@ def process_batch(
     dead: list[Row] = []
     if split:
         again = messages[:split] if split < len(messages) else messages
-        _scan(state, partition, again, lateness_us, start_us, seen_at, counted, None, [], [])
+        _scan(state, partition, again, lateness_us, horizon, start_us, seen_at, counted, None,
+              [], [])  # fmt: skip
         messages = messages[split:]
     n_again = len(counted)
     skipped, duplicates, before_start = _scan(
-        state, partition, messages, lateness_us, start_us, seen_at, counted, fresh, late, dead
-    )
+        state, partition, messages, lateness_us, horizon, start_us, seen_at, counted, fresh,
+        late, dead,
+    )  # fmt: skip
     max_t = state.max_t_us
     if max_t is not None:
-        state.dedup.forget_before(max_t - max(dedup_horizon_us, lateness_us))
+        state.dedup.forget_before(max_t - horizon)  # what no later message finds remembered
         if keep_marks_us is not None and prune_marks(
             state.marks, (max_t - keep_marks_us) // state.dedup.bucket_us
         ):
@@ -212,6 +215,7 @@ def _scan(
     partition: int,
     messages: list[KafkaMessage],
     lateness_us: int,
+    horizon_us: int,
     start_us: int,
     seen_at: datetime,
     counted: list[Event],
@@ -258,7 +262,10 @@ def _scan(
         if t_us < start_us:
             before_start += 1  # before the state's start: read, not counted
             continue
-        if result.id in seen_ids:
+        # remembered: counted before, in a bucket not wholly before the newest event time
+        # less the dedup horizon (whatever batches the partition was read in)
+        seen = seen_ids.get(result.id)
+        if seen is not None and (max_t is None or seen >= (max_t - horizon_us) // bucket_us):
             duplicates += 1  # also when it comes late: the first copy was counted
             continue
         if max_t is not None and t_us < max_t - lateness_us:

@@ -58,11 +58,13 @@ class Clock:
         horizon_us: int = 0,
         shards: int = 1,
         step_us: int = ROUND_STEP_US,
-        span_us: int | None = None,
+        spans_us: tuple[int, ...] = (),
         closed_floor: int | None = None,
     ) -> None:
         self.window_us = window_us
-        self.span_us = span_us or window_us  # the longest window a shard keeps (roll-ups)
+        # every window length a shard keeps (the window, the roll-ups): a shard needs ticks
+        # until the latest window of any length holding its newest event has ended
+        self.spans_us = tuple(spans_us) or (window_us,)
         self.horizon_us = horizon_us  # shards need ticks this long past their last window
         self.lateness_us = lateness_us
         self.shards = shards
@@ -150,13 +152,14 @@ class Clock:
             return []
         self.emitted = closed
         self.caught_up = False
-        span = self.span_us
+        spans = self.spans_us
         by_namespace: dict[str, list[tuple[str, int, _Track]]] = {}
         for key, track in self.keys.items():
             if track.sent is not None and track.sent >= closed:
                 continue
             assert track.max_t_us is not None
-            last_end = track.max_t_us - track.max_t_us % span + span + self.horizon_us
+            t = track.max_t_us
+            last_end = max(t - t % n + n for n in spans) + self.horizon_us
             if track.sent is not None and track.sent >= last_end:
                 continue  # every window and incident of this shard is already closed
             namespace, shard = split_key(key)
@@ -190,9 +193,9 @@ class Clock:
         horizon_us: int = 0,
         shards: int = 1,
         step_us: int = ROUND_STEP_US,
-        span_us: int | None = None,
+        spans_us: tuple[int, ...] = (),
     ) -> Clock:
-        self = cls(window_us, lateness_us, partitions, horizon_us, shards, step_us, span_us)
+        self = cls(window_us, lateness_us, partitions, horizon_us, shards, step_us, spans_us)
         partition_max, keys, self.emitted = pickle.loads(snap)
         self.partition_max = dict(partition_max)
         for key, (required, max_t, sent) in keys.items():

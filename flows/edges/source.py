@@ -511,6 +511,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, PartitionSnapshot]):
         return self.awake
 
     def snapshot(self) -> PartitionSnapshot:
+        self.source.failpoints.reached("before-snapshot-durable")
         self.snapshotted = True
         self.snapshot_offset = self.state.next_offset
         return PartitionSnapshot.of(self.state)

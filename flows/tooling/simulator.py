@@ -88,6 +88,14 @@ class SimConfig:
     shape: str = "day"
     incidents: int = 2
     """How many games have an incident (``shape="day"`` only); 0 for a day without."""
+    anonymous_rate: float = 0.0
+    """Share of the counted events published without a usable ``userId`` or ``sessionId``
+    (left out, null or empty): counted, but in no distinct count or outcome that needs it."""
+    stale_resend_rate: float = 0.0
+    """Share of the messages re-sent (same key and value) ``stale_resend_hours`` after
+    their first publish, past the dedup horizon: such a copy of a counted event is late,
+    not a duplicate."""
+    stale_resend_hours: float = 3.0
 
 
 class SimMessage(NamedTuple):
@@ -131,8 +139,10 @@ class Incident(NamedTuple):
 class Truth(NamedTuple):
     """What the simulator knows about the messages it made, exact under the README's rules.
 
-    ``late`` counts late messages (a re-send of a late event is late too), ``duplicates``
-    the re-sends of counted events, ``malformed`` the dead letters. ``incidents`` are the
+    ``late`` counts late messages (a re-send of a late event is late too, and so is a stale
+    re-send of a counted one, while the dedup horizon and the window add up to at most
+    ``stale_resend_hours`` less an hour), ``late_ids`` their ids, ``duplicates`` the quick
+    re-sends of counted events, ``malformed`` the dead letters. ``incidents`` are the
     incidents it made and ``games`` the games' settings (both empty for ``shape="flat"``).
     """
 
@@ -224,6 +234,8 @@ def generate(cfg: SimConfig) -> tuple[list[SimMessage], Truth]:
     for t, doc in docs:
         publish = t + rng.randrange(5 * US_PER_S)  # publisher batching jitter
         key = doc["id"].encode()
+        if cfg.anonymous_rate and doc["name"] in _COUNTED and rng.random() < cfg.anonymous_rate:
+            _anonymise(rng, doc)
         if doc["name"] in _COUNTED:
             if rng.random() < cfg.late_rate and t < late_until:
                 publish = t + LATE_DELAY_US
@@ -239,6 +251,17 @@ def generate(cfg: SimConfig) -> tuple[list[SimMessage], Truth]:
                 duplicates += 1
             elif key.decode() in late_ids:  # a re-send of a late event is late too
                 late += 1
+    if cfg.stale_resend_rate:
+        # Re-sent hours later: the id is forgotten by then, and the copy is far behind its
+        # partition. Only where its partition has newer events (as for late events).
+        delay = int(cfg.stale_resend_hours * 3600 * US_PER_S)
+        stale_until = start_us + span_us - delay - 30 * 60 * US_PER_S
+        for publish, key, value in out[: len(docs)]:
+            if publish < stale_until and rng.random() < cfg.stale_resend_rate:
+                out.append((publish + delay, key, value))
+                if key in counted_keys or key.decode() in late_ids:
+                    late_ids.add(key.decode())
+                    late += 1
     malformed = 0
     for i in range(int(len(out) * cfg.malformed_rate)):
         t = start_us + rng.randrange(span_us)
@@ -447,6 +470,18 @@ class _Day:
         """Microseconds to the SDK's rejoin: a second or more, always before the timeout."""
         delay = US_PER_S + int(self.rng.expovariate(1 / game.rejoin_seconds) * US_PER_S)
         return min(delay, timeout - US_PER_S)
+
+
+def _anonymise(rng: random.Random, doc: dict[str, Any]) -> None:
+    """Take away the player (``userId``), the party (``sessionId``) or both, as a publisher
+    that does not know them would: the field left out, null or empty."""
+    fields = rng.choice((("userId",), ("sessionId",), ("userId", "sessionId")))
+    how = rng.choice(("left out", "null", "empty"))
+    for name in fields:
+        if how == "left out":
+            del doc[name]
+        else:
+            doc[name] = None if how == "null" else ""
 
 
 _COUNTED = {
