@@ -71,11 +71,59 @@ MUTATIONS = (
         (
             (
                 "flows/edges/sinks.py",
-                "        return final is not None and not (old[final] and not new[final])\n",
-                "        return final is not None\n",
+                "            return self.replace_final and bool(new[final])\n",
+                "            return True\n",
             ),
         ),
         ("tests/test_sinks.py",),
+    ),
+    Mutation(
+        "final-rows-rewritten",
+        "rows of windows the output's record says are final written again (a lost state "
+        "and a trimmed topic then replace final rows with partial ones)",
+        (
+            (
+                "flows/edges/sinks.py",
+                "            return self.replace_final and bool(new[final])\n",
+                "            return self.replace_final or bool(new[final])\n",
+            ),
+            (
+                "flows/edges/sinks.py",
+                "    writable = covered.writable if covered is not None else None\n",
+                "    writable = None\n",
+            ),
+        ),
+        (
+            "tests/test_recovery.py::test_lost_state_and_trimmed_topic_keep_every_final_row",
+        ),
+    ),
+    Mutation(
+        "reread-counted-again",
+        "messages read again to rebuild a state counted as new (two manifests count them)",
+        (
+            (
+                "flows/core/partition.py",
+                "    if messages and messages[0].offset() < reread_before:\n",
+                "    if False:\n",
+            ),
+        ),
+        ("tests/test_recovery.py::test_a_lost_state_is_rebuilt_exactly",),
+    ),
+    Mutation(
+        "rebuild-without-warm-up",
+        "a lost state read again from the exact point only, without the ids the dedup rule "
+        "remembers there",
+        (
+            (
+                "flows/core/coverage.py",
+                "    return Start(warm[1], warm[2], offset)\n",
+                "    return Start(offset, max_before, offset)\n",
+            ),
+        ),
+        (
+            "tests/test_coverage.py::"
+            "test_read_again_from_the_rebuild_start_every_decision_is_the_same",
+        ),
     ),
     Mutation(
         "stale-temporaries-kept",
@@ -95,8 +143,8 @@ MUTATIONS = (
         (
             (
                 "flows/edges/source.py",
-                "    state.next_offset, state.max_t_us, ids, buckets, state.offset_shift = snap\n",
-                "    state.next_offset, state.max_t_us, ids, buckets, state.offset_shift = snap\n"
+                "    PartitionSnapshot.read(saved, state.dedup.bucket_us).restore(state)\n",
+                "    PartitionSnapshot.read(saved, state.dedup.bucket_us).restore(state)\n"
                 "    state.next_offset = 0\n",
             ),
         ),
@@ -136,11 +184,12 @@ MUTATIONS = (
         (
             (
                 "flows/edges/source.py",
-                "        self.snapshot_offset = self.state.next_offset\n        s = self.state\n",
+                "        self.snapshot_offset = self.state.next_offset\n"
+                "        return PartitionSnapshot.of(self.state)\n",
                 "        self.snapshot_offset = self.state.next_offset\n"
                 "        if self.source.commits is not None:\n"
                 "            self.source.commits.commit({self.partition: self.snapshot_offset})\n"
-                "        s = self.state\n",
+                "        return PartitionSnapshot.of(self.state)\n",
             ),
         ),
         ("tests/test_flow.py::test_no_group_commit_is_ahead_of_the_durable_snapshot",),
@@ -151,16 +200,15 @@ MUTATIONS = (
         (
             (
                 "flows/cli.py",
-                "            try:\n                cli_main(\n",
                 "            commit_final_positions(settings, state, storage, failpoints, "
-                "settled=True)\n            try:\n                cli_main(\n",
+                "settled=True)\n",
+                "",
             ),
             (
                 "flows/cli.py",
-                "            failpoints.run_durable()\n"
+                "            try:\n                cli_main(\n",
                 "            commit_final_positions(settings, state, storage, failpoints, "
-                "settled=True)\n",
-                "            failpoints.run_durable()\n",
+                "settled=True)\n            try:\n                cli_main(\n",
             ),
         ),
         (
@@ -224,7 +272,7 @@ MUTATIONS = (
             ),
             (
                 "flows/core/partition.py",
-                "        dedup.forget_before(max_t - horizon_us)",
+                "        state.dedup.forget_before(max_t - horizon)",
                 "        pass",
             ),
         ),
@@ -253,10 +301,10 @@ MUTATIONS = (
         (
             (
                 "flows/edges/source.py",
-                "        if self.done:\n            raise StopIteration\n",
+                "        if self.done or stopping.requested():",
                 "        if self.source.commits is not None:\n"
                 "            self.source.commits.commit({self.partition: self.state.next_offset})\n"
-                "        if self.done:\n            raise StopIteration\n",
+                "        if self.done or stopping.requested():",
             ),
         ),
         ("tests/test_flow.py::test_no_group_commit_is_ahead_of_the_durable_snapshot",),
