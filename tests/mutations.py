@@ -93,9 +93,7 @@ MUTATIONS = (
                 "    writable = None\n",
             ),
         ),
-        (
-            "tests/test_recovery.py::test_lost_state_and_trimmed_topic_keep_every_final_row",
-        ),
+        ("tests/test_recovery.py::test_lost_state_and_trimmed_topic_keep_every_final_row",),
     ),
     Mutation(
         "reread-counted-again",
