@@ -51,8 +51,17 @@ def parse(spec: str) -> tuple[str, int]:
     return name, n
 
 
+ENVIRONMENT = "PARTY_RATES_FAILPOINT"
+
+
 class Failpoints:
     """The armed failpoint of this process, or none (every call then returns at once)."""
+
+    @classmethod
+    def from_environ(cls) -> Failpoints:
+        """The failpoint ``PARTY_RATES_FAILPOINT`` arms (tests only; not a setting of the
+        job): read by the entry points alone. ValueError naming the known points."""
+        return cls(os.environ.get(ENVIRONMENT) or None)
 
     def __init__(self, spec: str | None = None) -> None:
         self.name: str | None = None

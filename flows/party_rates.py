@@ -51,27 +51,32 @@ def build_flow(
     failpoints: Failpoints | None = None,
     view: OutputView | None = None,
 ) -> Dataflow:
-    """Wire the dataflow. Without ``settings`` they come from ``PARTY_RATES_*``; ``source``
-    replaces the Kafka input (tests); ``view``: what the output's record says (read here
-    when not given)."""
+    """Wire the dataflow. Without ``settings`` (``python -m bytewax.run``, an entry point)
+    they come from ``PARTY_RATES_*``; ``source`` replaces the Kafka input (tests); ``view``:
+    what the output's record says (read here when not given)."""
     if settings is None:
         settings = Settings()
-    failpoints = failpoints or Failpoints(settings.failpoint)
-    METRICS.use_topic(settings.topic)
-    if settings.metrics_port is not None:
+        failpoints = failpoints or Failpoints.from_environ()
+    failpoints = failpoints or Failpoints()
+    kafka, rules, run = settings.kafka, settings.rules, settings.run
+    recompute = settings.storage.recompute
+    METRICS.use_topic(kafka.topic)
+    if settings.metrics.metrics_port is not None:
         # prometheus_client's default registry, which Bytewax's API server serves
         serve_with_bytewax()
-    storage = Storage.for_settings(settings, failpoints)
-    w, late, horizon = settings.window_us, settings.lateness_us, settings.outcome_horizon_us
-    rollups, shards = settings.rollup_lengths_us, settings.shards
+    storage = Storage.for_output(settings.storage, failpoints)
+    w, late, horizon = rules.window, rules.allowed_lateness, rules.outcome_horizon
+    rollups, shards = rules.rollups, rules.shards
     if view is None:
-        plan = StateDir(settings.state).rebuild_plan()
+        plan = StateDir(run.state).rebuild_plan()
         view = view_of(read_record(storage), plan, datasets(w, rollups), horizon)
-    source = source or TopicSource(settings, failpoints)
+    if source is None:
+        start = StateDir(run.state).start(rules)
+        source = TopicSource(kafka, rules, start, follow=run.follow, failpoints=failpoints)
     if isinstance(source, TopicSource):
         source.view = view
     partitions = [int(p) for p in source.list_parts()]
-    flush = settings.flush_seconds if settings.follow else None
+    flush = run.flush_s if run.follow else None
     flow = Dataflow(FLOW_ID)
 
     batches = op.input(KAFKA, flow, source)
@@ -86,7 +91,7 @@ def build_flow(
     # ("clock", Progress): a partition's newest event time and the shards it touched
 
     spans = (w, *rollups)  # a roll-up need not divide the longest one
-    floor = None if settings.recompute else view.closed_floor  # a recompute closes all again
+    floor = None if recompute else view.closed_floor  # a recompute closes all again
     clock = op.stateful_batch(
         CLOCK,
         progress,
@@ -143,7 +148,7 @@ def build_flow(
 
     windowed = [
         (spec.name, op.filter_map(f"{spec.name}_rows", outputs, _of_kind(spec.name)), spec, n)
-        for spec, n in window_datasets(w, rollups, settings.recompute)
+        for spec, n in window_datasets(w, rollups, recompute)
     ]
     # [row] of one dataset: final rows as windows close, provisional rows at a run's end;
     # party_rates and disconnect_outcomes (final a horizon later), and their roll-ups
@@ -154,18 +159,18 @@ def build_flow(
         ("dead_letters", dead, DEAD_LETTERS, 2),
     ):
         sink = ParquetSink(storage, spec, flush_seconds=flush, parts=n)
-        covered = None if spec.final_column is None or settings.recompute else view.covered
+        covered = None if spec.final_column is None or recompute else view.covered
         routed = op.flat_map(f"route_{name}", stream, route(spec, covered))
         ticks_in = op.flat_map(f"{name}_ticks", ticking, _flush_ticks(sink))
         op.output(name, op.merge(f"{name}_in", routed, ticks_in), sink)
         # (file path, [row]) | (flush key, FlushTick) -> one Parquet file per path
     manifest = ManifestSink(
         storage,
-        settings.run_id,
+        run.run_id,
         settings.public(),
-        settings.progress,
-        settings.follow,
-        settings.flush_seconds,
+        run.progress,
+        run.follow,
+        run.flush_s,
         partitions,
         view,
     )

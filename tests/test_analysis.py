@@ -736,10 +736,13 @@ def test_data_dictionary_covers_every_column_and_manifest_field() -> None:
     for name in ("from", "to", "end"):
         assert f"| `partitions.*.{name}` |" in text
     counts = ("messages", "counted", "skipped", "duplicates", "late", "dead_letters")
-    for name in (*counts, "before_start"):
+    for name in (*counts, "before_start", "reread"):
         assert f"| `counts.{name}` |" in text
     assert "| `group_commit_error` |" in text
-    assert len(MANIFEST_FIELDS) == 19
+    assert "| `rebuild` |" in text
+    assert len(MANIFEST_FIELDS) == 21
+    for name in ("format", "settings", "state_id", "closed_until", "incomplete"):
+        assert f"| `{name}` |" in text.split("## `_table.json`")[1]
     assert "same" in text and "inactive timeout" in text and "invitation" in text
 
 

@@ -208,7 +208,10 @@ def test_unusable_state_without_an_output_record_is_refused(
     (state / "recovery" / "part-0.sqlite3").write_bytes(b"old")
     if meta == "older":
         settings = Settings(output=str(tmp_path / "o"), state=str(state))
-        meta = json.dumps(state_meta(settings) | {"format": 3})
+        meta = json.dumps(
+            state_meta(settings.kafka.topic, settings.rules, settings.storage.output)
+            | {"format": 3}
+        )
     if meta is not None:
         (state / "party_rates_state.json").write_text(meta)
     result = run_cli("run", "--output", str(tmp_path / "o"), "--state", str(state))

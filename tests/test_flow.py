@@ -20,6 +20,7 @@ from bytewax.testing import cluster_main, run_main
 from flows.analysis import load_manifests
 from flows.core.partition import PartitionState
 from flows.edges.source import PartitionReader, TopicSource
+from flows.edges.statedir import Start, StateDir
 from flows.party_rates import build_flow
 from flows.settings import Settings
 from flows.tooling.simulator import SimConfig, generate
@@ -69,7 +70,8 @@ class FakeConsumer:
 
 class MemorySource(TopicSource):
     def __init__(self, settings: Settings, parts: dict[int, list[FakeMessage]]) -> None:
-        super().__init__(settings)
+        start = StateDir(settings.run.state).start(settings.rules)
+        super().__init__(settings.kafka, settings.rules, start, follow=settings.run.follow)
         self.parts = parts
 
     def list_parts(self) -> list[str]:
@@ -128,7 +130,7 @@ def test_resume_from_snapshot_equals_one_run(tmp_path: Path) -> None:
     run_main(
         build_flow(settings, MemorySource(settings, half)), recovery_config=RecoveryConfig(str(db))
     )
-    later = settings.model_copy(update={"run_id": settings.run_id + "-2"})
+    later = settings.replace(run_id=settings.run.run_id + "-2")
     run_main(build_flow(later, MemorySource(later, parts)), recovery_config=RecoveryConfig(str(db)))
     assert_matches_reference(tmp_path / "out", flat)
     manifests = load_manifests(tmp_path / "out")
@@ -149,7 +151,7 @@ def test_run_ends_when_the_last_offset_before_the_end_is_a_marker() -> None:
     messages, _ = generate(SimConfig(messages=40, namespaces=2, hours=1, seed=2))
     msgs = [FakeMessage(i, m.key, m.value) for i, m in enumerate(messages[:10])]
     msgs += [FakeMessage(11 + i, m.key, m.value) for i, m in enumerate(messages[10:])]
-    source = TopicSource(settings)
+    source = TopicSource(settings.kafka, settings.rules, Start("earliest", 0, None))
     reader = PartitionReader(source, GappyConsumer(msgs, 0), 0, PartitionState(0, MIN), 11, None)
     (result,) = reader.next_batch()
     assert result.stats.counts.messages == 10
@@ -259,7 +261,7 @@ def _run_in_pieces(out: Path, flat: list[tuple[int, int, bytes]], cuts: list[int
         parts: dict[int, list[FakeMessage]] = {p: [] for p in range(PARTITIONS)}
         for p, off, value in flat[:cut]:
             parts[p].append(FakeMessage(off, b"k", value))
-        settings = _settings(out).model_copy(update={"run_id": f"run-{i:02d}"})
+        settings = _settings(out).replace(run_id=f"run-{i:02d}")
         flow = build_flow(settings, MemorySource(settings, parts))
         run_main(flow, recovery_config=RecoveryConfig(str(db)))
 
@@ -320,7 +322,7 @@ def test_no_group_commit_is_ahead_of_the_durable_snapshot(tmp_path: Path, worker
 
     parts, _flat = _partitioned()
     state = tmp_path / "state"
-    settings = _settings(tmp_path).model_copy(update={"batch_size": 50})
+    settings = _settings(tmp_path).replace(batch_size=50)
     db = state / "recovery"
     db.mkdir(parents=True)
     init_db_dir(db, 1)

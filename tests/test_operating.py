@@ -32,7 +32,6 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flows.analysis import load_manifests
-from flows.cli import commit_final_positions
 from flows.edges import group
 from flows.edges.group import group_commits
 from flows.edges.manifest import manifest_path
@@ -41,6 +40,7 @@ from flows.edges.source import seek_offset
 from flows.edges.statedir import STATE_FORMAT, start_us_for
 from flows.edges.storage import Storage
 from flows.failpoints import Failpoints
+from flows.run import commit_final_positions
 from flows.settings import Settings, normalise_start
 from flows.tooling.broker import free_port
 from flows.tooling.simulator import SimConfig, generate, produce
@@ -285,15 +285,17 @@ def test_a_commit_failure_no_batch_reported_reaches_the_manifest_at_the_end(
     manifest) is recorded in the manifest even when the final commit then succeeds."""
     topic = broker.new_topic(partitions=1)
     settings = _group_settings(broker.bootstrap, topic, tmp_path)
-    storage = Storage.for_settings(settings)
+    storage = Storage.for_output(settings.storage)
     written = json.dumps({"group_commit_error": None}).encode()
-    storage.write_bytes(manifest_path(settings.run_id), written)
+    storage.write_bytes(manifest_path(settings.run.run_id), written)
     failpoints = Failpoints()
-    commits = group_commits(settings.kafka_base_config(), settings.group_id, topic, failpoints)
+    commits = group_commits(
+        settings.kafka.client_config, settings.kafka.group_id, topic, failpoints
+    )
     commits.failed("the coordinator went away")  # a reader's commit, answered after its batch
     commit_final_positions(settings, _Settled({0: 0}), storage, failpoints, settled=True)
-    assert group_offsets(broker.bootstrap, settings.group_id, topic) == {0: 0}
-    manifest = json.loads(storage.read_bytes(manifest_path(settings.run_id)) or b"{}")
+    assert group_offsets(broker.bootstrap, settings.kafka.group_id, topic) == {0: 0}
+    manifest = json.loads(storage.read_bytes(manifest_path(settings.run.run_id)) or b"{}")
     assert manifest["group_commit_error"] == "the coordinator went away"
 
 
@@ -313,11 +315,13 @@ def test_other_processes_end_with_their_partitions_at_the_final_positions(
         broker.bootstrap, topic, tmp_path, process_id=1, addresses="127.0.0.1:1;127.0.0.1:2"
     )
     failpoints = Failpoints()
-    commits = group_commits(settings.kafka_base_config(), settings.group_id, topic, failpoints)
+    commits = group_commits(
+        settings.kafka.client_config, settings.kafka.group_id, topic, failpoints
+    )
     commits.commit({0: 1})  # its reader of partition 0, at the run's end
     commit_final_positions(settings, _Settled(final), None, failpoints, settled=True)
     # Its own partition only: process 0 commits every partition.
-    assert group_offsets(broker.bootstrap, settings.group_id, topic) == {0: final[0]}
+    assert group_offsets(broker.bootstrap, settings.kafka.group_id, topic) == {0: final[0]}
 
 
 # --- metrics while following -----------------------------------------------------------------
@@ -603,11 +607,13 @@ LABELS = {"topic", "partition", "dataset", "result"}
 
 
 def _own_label_names(samples: Samples) -> set[str]:
+    """The label names of the job's series (``party_rates_build_info`` apart: its labels are
+    the version and the state format, one series a process)."""
     return {
         name
         for (metric, labels) in samples
         for name, _v in labels
-        if metric.startswith("party_rates_")
+        if metric.startswith("party_rates_") and metric != "party_rates_build_info"
     }
 
 

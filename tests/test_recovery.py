@@ -69,18 +69,24 @@ def run(base: Path, parts: Parts, run_id: str, **settings: Any) -> dict[str, Any
         output=str(base / "out"), state=str(base / "state"), progress="off", group_id="",
         run_id=run_id, **settings,
     )  # fmt: skip
-    state, storage = StateDir(s.state), Storage.for_settings(s)
+    state, storage = StateDir(s.run.state), Storage.for_output(s.storage)
     bounds = {
         p: (msgs[0].offset(), msgs[-1].offset() + 1) if msgs else (0, 0)
         for p, msgs in parts.items()
     }
-    view = recovery.prepare(s, state, storage, lambda: bounds)
+    view = recovery.prepare(
+        state, storage, lambda: bounds, topic=s.kafka.topic, rules=s.rules,
+        recompute=s.storage.recompute, run_id=s.run.run_id,
+    )  # fmt: skip
     run_main(
         build_flow(s, MemorySource(s, parts), view=view),
         recovery_config=RecoveryConfig(str(state.recovery)),
     )
-    state.mark_done(s.run_id, 0)
-    assert recovery.write_record(s, state, storage, view) is not None
+    state.mark_done(s.run.run_id, 0)
+    written = recovery.write_record(
+        state, storage, view, topic=s.kafka.topic, rules=s.rules, run_id=s.run.run_id
+    )
+    assert written is not None
     (manifest,) = [m for m in load_manifests(base / "out") if m["run_id"] == run_id]
     return manifest
 

@@ -69,7 +69,7 @@ def test_a_flag_wins_over_the_file_and_is_shown_as_before(tmp_path: Path) -> Non
     settings = Settings(
         output="o", state="s", kafka_config_file=str(path), kafka_config={"client.id": "flag"}
     )
-    config = settings.kafka_base_config()
+    config = settings.kafka.client_config
     assert config["client.id"] == "flag" and config["socket.timeout.ms"] == "1000"
     shown = settings.public()["kafka_config"]
     assert shown == {"client.id": "flag", "sasl.password": "***", "socket.timeout.ms": "***"}
@@ -104,8 +104,8 @@ def test_the_s3_secret_key_comes_from_a_file_or_the_environment_not_both(tmp_pat
     path = tmp_path / "s3-secret"
     path.write_text("s3cr3t-from-a-file\n")
     settings = Settings(output="s3://b/p", state="s", s3_secret_key_file=str(path))
-    assert settings.s3_secret_key is not None
-    assert settings.s3_secret_key.get_secret_value() == "s3cr3t-from-a-file"
+    secret = settings.storage.s3_secret_key
+    assert secret is not None and secret.get_secret_value() == "s3cr3t-from-a-file"
     assert "s3cr3t" not in json.dumps(settings.public())
     with pytest.raises(ValueError, match="not both"):
         Settings(output="o", state="s", s3_secret_key_file=str(path), s3_secret_key="x")

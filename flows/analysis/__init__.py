@@ -17,9 +17,10 @@ if find_spec("pandas") is None or find_spec("matplotlib") is None:
         "pip install 'party-rates[analysis]'"
     )
 
+from flows.analysis.demo import demo_summary
 from flows.analysis.incidents import *  # noqa: F403
 from flows.analysis.incidents import __all__ as _incidents
 from flows.analysis.loaders import *  # noqa: F403
 from flows.analysis.loaders import __all__ as _loaders
 
-__all__ = [*_loaders, *_incidents]
+__all__ = [*_loaders, *_incidents, "demo_summary"]

@@ -34,7 +34,6 @@ lost brokers (``--broker-timeout``).
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -43,8 +42,11 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows import logs
 from flows.edges.metrics import METRICS
 from flows.failpoints import Failpoints
+
+LOG = logs.logger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -149,11 +151,11 @@ class GroupCommits:
             if self.error is not None:
                 return
             self.error = self._unsent = reason
-        print(
-            f"party-rates: cannot commit read positions to consumer group {self.group_id!r}: "
-            f"{reason}; the run goes on (the group is for monitoring only, the state is "
-            "the job's own record)",
-            file=sys.stderr,
+        LOG.warning(
+            "cannot commit read positions to consumer group %r: %s; the run goes on (the "
+            "group is for monitoring only, the state is the job's own record)",
+            self.group_id,
+            reason,
         )
 
     def take_error(self) -> str | None:

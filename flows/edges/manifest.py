@@ -22,11 +22,13 @@ from typing import Any, TextIO
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows import logs
 from flows.core.items import BatchStats, Counts
 from flows.edges.metrics import METRICS
 from flows.edges.storage import Storage, end_of_run_failure
 from flows.edges.table import OutputView
 
+LOG = logs.logger(__name__)
 RunState = dict[str, dict[str, Any]]  # run_id -> accumulated manifest
 
 
@@ -231,7 +233,7 @@ class ProgressDisplay:
         if self.mode == "bar":
             self.out.write("\r\x1b[2K" + line)
         else:
-            self.out.write(f"party-rates: {line}\n")
+            LOG.info(line, extra={"counts": dict(c)})
         self.out.flush()
 
     def finish(self, run: dict[str, Any]) -> None:

@@ -30,17 +30,19 @@ a multi-worker dataflow (see README, "Operating it"): collecting never raises.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows import logs
+
 if TYPE_CHECKING:  # imported where used: a run that exports nothing does not load it
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+LOG = logs.logger(__name__)
 JOB = "party-rates"
 
 RESULTS = {  # manifest count -> the metric's result label
@@ -155,7 +157,7 @@ class RunMetrics:
         try:
             families = list(self._families(run_totals))
         except Exception as err:  # a scrape must never fail (see the module docstring)
-            print(f"party-rates: collecting metrics failed: {err}", file=sys.stderr)
+            LOG.warning("collecting metrics failed: %s", err)
             return
         yield from families
 

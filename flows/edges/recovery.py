@@ -26,7 +26,7 @@ from flows.core.items import CLOCK, CLOCK_STEP, SOURCE_STEP
 from flows.core.partition import PartitionSnapshot
 from flows.core.watermark import Clock
 from flows.edges.metrics import METRICS
-from flows.edges.statedir import STATE_FORMAT, StateDir, StateError
+from flows.edges.statedir import STATE_FORMAT, StateDir, StateError, state_meta
 from flows.edges.storage import Storage
 from flows.edges.table import (
     OUTPUT_FORMAT,
@@ -45,23 +45,23 @@ from flows.edges.table import (
     read_record,
     view_of,
 )
-from flows.settings import Settings
+from flows.settings import RulesSettings
 
 Bounds = dict[int, tuple[int, int]]
 """Partition -> (earliest offset, end offset), as the topic has them now."""
 
 
-def windows_of(settings: Settings) -> list[Window]:
-    return datasets(settings.window_us, settings.rollup_lengths_us)
+def windows_of(rules: RulesSettings) -> list[Window]:
+    return datasets(rules.window, rules.rollups)
 
 
-def settings_meaning(settings: Settings, start_at: str | None) -> dict[str, Any]:
+def rules_meaning(topic: str, rules: RulesSettings, start_at: str | None) -> dict[str, Any]:
     return meaning(
-        settings.topic,
-        settings.window_us,
-        settings.lateness_us,
-        settings.outcome_horizon_us,
-        settings.dedup_horizon_us,
+        topic,
+        rules.window,
+        rules.allowed_lateness,
+        rules.outcome_horizon,
+        rules.dedup_us,
         start_at,  # type: ignore[arg-type]
     )
 
@@ -81,22 +81,28 @@ def check_topic(record: TableRecord, bounds: Bounds, topic: str) -> None:
 
 
 def prepare(
-    settings: Settings,
     state: StateDir,
     storage: Storage,
     bounds: Callable[[], Bounds],
+    *,
+    topic: str,
+    rules: RulesSettings,
+    recompute: bool,
+    run_id: str,
 ) -> OutputView:
     """Check the settings against the output's record and the state, then keep, make or
     rebuild the state; returns what the run takes from the output. Refusals are TableError
-    or StateError, one line each (the command exits 4 for both)."""
+    or StateError, one line each (the command exits 4 for both). ``bounds``: the topic's
+    partitions and their offsets, asked for only when needed."""
     record = read_record(storage)
-    windows = windows_of(settings)
-    horizon = settings.outcome_horizon_us
+    windows = windows_of(rules)
+    horizon = rules.outcome_horizon
+    want = state_meta(topic, rules, storage_output(storage))
     if record is not None:  # a recompute's start is its own
-        start_at = None if settings.recompute else settings.start_at
-        check_meaning(record, settings_meaning(settings, start_at), storage.uri)
+        start_at = None if recompute else rules.start_at
+        check_meaning(record, rules_meaning(topic, rules, start_at), storage.uri)
     with state.preparing():
-        verdict = state.inspect(settings)
+        verdict = state.inspect(want, rules.start_at)
         if record is None:
             if verdict.kind == "rebuild":
                 raise StateError(
@@ -104,17 +110,13 @@ def prepare(
                     f"has no {RECORD} to rebuild it from; start with a fresh --state and "
                     "--output"
                 )
-            if (
-                verdict.kind == "fresh"
-                and not settings.recompute
-                and any(storage.list_files("_runs"))
-            ):
+            if verdict.kind == "fresh" and not recompute and any(storage.list_files("_runs")):
                 raise TableError(
                     f"the output {storage.uri} holds rows but no {RECORD} saying what they "
                     "cover, and the state is empty: run with the state that wrote it, or use "
                     "--recompute to let this run replace its final rows"
                 )
-            state.create(settings)
+            state.create(want)
         elif verdict.kind == "usable":
             owner = (verdict.meta or {}).get("state_id")
             if owner != record.state_id:
@@ -124,31 +126,34 @@ def prepare(
                     "output, one state; use the state that writes it, or an empty --state "
                     "to rebuild one from the output"
                 )
-            check_topic(record, bounds(), settings.topic)
-        elif verdict.kind == "fresh" and settings.recompute:
-            state.create(settings)  # a deliberate recompute starts where --start-at says
+            check_topic(record, bounds(), topic)
+        elif verdict.kind == "fresh" and recompute:
+            state.create(want)  # a deliberate recompute starts where --start-at says
         else:
             found = bounds()
-            check_topic(record, found, settings.topic)
+            check_topic(record, found, topic)
             why = "the state directory is empty" if verdict.kind == "fresh" else (
                 f"the state could not be used: {verdict.reason}"
             )  # fmt: skip
             added = {
                 duration_label(n): n
-                for n in settings.rollup_lengths_us
+                for n in rules.rollups
                 if duration_label(n) not in record.rollups
             }
-            plan = plan_rebuild(record, found, windows, horizon, added, settings.window_us)
-            start_at = settings.start_at or record.settings.get("start_at") or "earliest"
+            plan = plan_rebuild(record, found, windows, horizon, added, rules.window)
+            start_at = rules.start_at or record.settings.get("start_at") or "earliest"
             # the rebuilt state takes the output's state id: it is the state that writes it
             state.rebuild(
-                settings.model_copy(update={"start_at": start_at}),
-                plan_json(plan, why, settings.run_id),
-                record.state_id,
+                want | {"start_at": start_at}, plan_json(plan, why, run_id), record.state_id
             )
-    view = view_of(record, state.rebuild_plan(), windows, horizon, settings.run_id)
+    view = view_of(record, state.rebuild_plan(), windows, horizon, run_id)
     METRICS.incomplete_windows(incomplete_counts(view.covered.incomplete, windows))
     return view
+
+
+def storage_output(storage: Storage) -> str:
+    """The output as the state records it (its ``--output``)."""
+    return storage.given
 
 
 def incomplete_counts(incomplete: list[Incomplete], windows: list[Window]) -> dict[str, int]:
@@ -163,10 +168,13 @@ def incomplete_counts(incomplete: list[Incomplete], windows: list[Window]) -> di
 
 
 def write_record(
-    settings: Settings,
     state: StateDir,
     storage: Storage,
     view: OutputView,
+    *,
+    topic: str,
+    rules: RulesSettings,
+    run_id: str,
     processes: int = 1,
     wait_s: float = 30.0,
 ) -> TableRecord | None:
@@ -176,7 +184,7 @@ def write_record(
     has not within ``wait_s``, the record stays as it was (it then claims less than the
     rows hold, never more). Returns the record written, or None."""
     deadline = time.monotonic() + wait_s
-    while not state.all_done(settings.run_id, processes):
+    while not state.all_done(run_id, processes):
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.05)  # polling the markers the other processes write
@@ -188,15 +196,14 @@ def write_record(
     partition_max, closed = Clock.saved_progress(clocks[CLOCK]) if CLOCK in clocks else ({}, None)
     if closed is None and previous is not None:
         closed = previous.closed_until_us
-    watermark = min(partition_max.values()) - settings.lateness_us if partition_max else None
-    w, horizon = settings.window_us, settings.outcome_horizon_us
-    lengths = (w, *settings.rollup_lengths_us)
+    watermark = min(partition_max.values()) - rules.allowed_lateness if partition_max else None
+    w, horizon = rules.window, rules.outcome_horizon
     partitions = {}
     for key, saved in sources.items():
         snap = PartitionSnapshot.read(saved, w)
         partitions[int(key)] = partition_cover(
             snap.next_offset, snap.max_t_us, snap.origin, snap.marks, snap.marks_complete,
-            closed, lengths, horizon, settings.dedup_horizon_us, w,
+            closed, rules.lengths, horizon, rules.dedup_us, w,
         )  # fmt: skip
     if previous is not None:  # partitions this run did not read keep their cover
         for p, cover in previous.partitions.items():
@@ -207,7 +214,7 @@ def write_record(
         i for i in view.covered.incomplete if (i.dataset, i.from_us, i.until_us) not in known
     ]
     rollups: dict[str, int | None] = {}
-    for n in settings.rollup_lengths_us:
+    for n in rules.rollups:
         label = duration_label(n)
         if previous is not None and label in previous.rollups:
             rollups[label] = previous.rollups[label]
@@ -221,11 +228,11 @@ def write_record(
     meta = state.meta() or {}
     record = TableRecord(
         format=OUTPUT_FORMAT,
-        settings=settings_meaning(settings, meta.get("start_at", "earliest")),
+        settings=rules_meaning(topic, rules, meta.get("start_at", "earliest")),
         rollups=rollups,
         state_id=str(meta.get("state_id", "")),
         state_format=STATE_FORMAT,
-        run_id=settings.run_id,
+        run_id=run_id,
         written_at=now_text(),
         closed_until_us=closed,
         watermark_us=watermark,
@@ -233,5 +240,5 @@ def write_record(
         incomplete=incomplete,
     )
     storage.write_bytes(RECORD, record.to_json())
-    state.forget_done(settings.run_id)
+    state.forget_done(run_id)
     return record

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -23,23 +22,29 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows import logs
 from flows.core.items import BatchResult
 from flows.core.partition import PartitionSnapshot, PartitionState, process_batch
 from flows.edges import stopping
 from flows.edges.group import GroupCommits, group_commits
 from flows.edges.metrics import METRICS
-from flows.edges.statedir import Start, StateDir
+from flows.edges.statedir import Start
 from flows.edges.table import OutputView
+from flows.errors import EXIT_KAFKA, JobError
 from flows.failpoints import Failpoints
-from flows.settings import Settings, start_time_us
+from flows.settings import KafkaSettings, RulesSettings, start_time_us
+
+LOG = logs.logger(__name__)
 
 FLUSH_TICK_S = 1.0
 """While following, each partition marks a result this often (sent even when idle), so the
 sinks can write on time whatever the traffic."""
 
 
-class SourceError(RuntimeError):
+class SourceError(JobError):
     """Kafka input cannot go on; the message says why."""
+
+    exit_code = EXIT_KAFKA
 
 
 REFUSED = frozenset(
@@ -203,50 +208,33 @@ class TopicSource(FixedPartitionedSource[BatchResult, PartitionSnapshot]):
 
     def __init__(
         self,
-        settings: Settings,
+        kafka: KafkaSettings,
+        rules: RulesSettings,
+        start: Start,
+        *,
+        follow: bool = False,
         failpoints: Failpoints | None = None,
         partitions: list[int] | None = None,
-        view: OutputView | None = None,
         bounds: dict[int, tuple[int, int]] | None = None,
     ) -> None:
-        """``partitions`` and ``bounds``: the topic's partitions and their (earliest, end)
-        offsets when the caller has just asked for them (fewer requests at start);
-        ``view``: what the output's record says (flows.edges.table)."""
+        """``start``: where the state starts (flows.edges.statedir); ``partitions`` and
+        ``bounds``: the topic's partitions and their (earliest, end) offsets when the caller
+        has just asked for them (fewer requests at start). The output's record reaches it
+        as ``view`` (flows.party_rates)."""
+        self.kafka, self.rules, self.start, self.follow = kafka, rules, start, follow
         self.failpoints = failpoints or Failpoints()
         self._partitions = partitions
-        self.view = view or OutputView()
-        self.config = settings.kafka_base_config()
-        self.topic = settings.topic
-        self.follow = settings.follow
-        self.batch_size = settings.batch_size
-        self.lateness_us = settings.lateness_us
-        self.dedup_horizon_us = settings.dedup_horizon_us
-        self.bucket_us = settings.window_us
-        self.window_us = settings.window_us
-        self.shards = settings.shards
-        self.timeout_s = settings.connect_seconds
-        self.broker_timeout_s = settings.broker_seconds
-        self.brokers = settings.brokers
+        self.view = OutputView()
+        self.config = kafka.client_config
+        self.topic = kafka.topic
         self._ends: dict[int, tuple[int, int]] | None = bounds
-        # marks kept this long before a partition's newest event time: enough to rebuild the
-        # rows not final yet (the longest window, a horizon, the dedup horizon), and a day
-        span = max((settings.window_us, *settings.rollup_lengths_us))
-        self.keep_marks_us = (
-            span + settings.outcome_horizon_us + settings.dedup_horizon_us
-            + settings.lateness_us + 86_400_000_000
-        )  # fmt: skip
         self._ends_lock = threading.Lock()
-        self.start: Start = StateDir(settings.state).start(settings)
-        self.start_us = self.start.start_us
-        self._starts: dict[int, int] | None = self.start.offsets
+        self._starts: dict[int, int] | None = start.offsets
         self.commits: GroupCommits | None = (
             group_commits(
-                {**quiet(self.config), **self.config},
-                settings.group_id,
-                settings.topic,
-                self.failpoints,
+                {**quiet(self.config), **self.config}, kafka.group_id, kafka.topic, self.failpoints
             )
-            if settings.group_id
+            if kafka.group_id
             else None
         )
 
@@ -254,7 +242,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, PartitionSnapshot]):
         """The topic's partitions as at the start of this run, listed once (partitions added
         later are read from the next run on)."""
         if self._partitions is None:
-            self._partitions = list_partitions(self.config, self.topic, self.timeout_s)
+            self._partitions = list_partitions(self.config, self.topic, self.kafka.connect_s)
         return self._partitions
 
     def offsets(self, partition: int) -> tuple[int, int]:
@@ -262,7 +250,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, PartitionSnapshot]):
         with self._ends_lock:
             if self._ends is None:
                 parts = self.partitions()
-                self._ends = end_offsets(self.config, self.topic, parts, self.timeout_s)
+                self._ends = end_offsets(self.config, self.topic, parts, self.kafka.connect_s)
         return self._ends[partition]
 
     def list_parts(self) -> list[str]:
@@ -276,8 +264,8 @@ class TopicSource(FixedPartitionedSource[BatchResult, PartitionSnapshot]):
             if self._starts is None:  # a state not prepared by ``party-rates run``
                 parts = self.partitions()
                 self._starts = start_offsets(
-                    self.config, self.topic, parts, self.start.start_at, self.lateness_us,
-                    self.timeout_s,
+                    self.config, self.topic, parts, self.start.start_at,
+                    self.rules.allowed_lateness, self.kafka.connect_s,
                 )  # fmt: skip
             starts = self._starts
         # A partition the topic did not have when the state was made starts at its
@@ -291,7 +279,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, PartitionSnapshot]):
         there is one: resumed from its saved state; or, for a state rebuilt from the output,
         from where the rebuild reads it again (flows.edges.table); or from where the state
         starts (``--start-at``)."""
-        state = PartitionState(low, self.bucket_us)
+        state = PartitionState(low, self.rules.window)
         rebuilt = self.view.starts.get(partition)
         if resume_state is not None:
             restore(state, resume_state)
@@ -310,7 +298,10 @@ class TopicSource(FixedPartitionedSource[BatchResult, PartitionSnapshot]):
             gap = f"saved offset {state.next_offset} is past the end {high} (topic recreated?)"
             state.offset_shift += state.next_offset - low
         if gap:
-            print(f"party-rates: partition {partition}: {gap}; reading from {low}", file=sys.stderr)
+            LOG.warning(
+                "partition %d: %s; reading from %d", partition, gap, low,
+                extra={"partition": partition, "offset": low},
+            )  # fmt: skip
             state.next_offset = low
         return state, gap
 
@@ -369,7 +360,7 @@ class BrokerErrors:
             raise SourceError(f"Kafka error: {err.str()}")
         if self.since is None:
             self.since = time.monotonic()
-            print(f"party-rates: Kafka: {err.str()} (retrying)", file=sys.stderr)
+            LOG.warning("Kafka: %s (retrying)", err.str())
         self.last = err.str()
 
     def progressed(self) -> None:
@@ -425,7 +416,7 @@ class PartitionReader(StatefulSourcePartition[BatchResult, PartitionSnapshot]):
         if self.done or stopping.requested():  # a stop ends the input at a batch boundary
             raise StopIteration
         end = self.end_offset
-        msgs = [] if self._finished() else self.consumer.consume(self.source.batch_size, 0)
+        msgs = [] if self._finished() else self.consumer.consume(self.source.kafka.batch_size, 0)
         good = [msg for msg in msgs if msg.error() is None]
         caught_up = reached_end = False
         if len(good) != len(msgs):  # events: end of partition reached, or client errors
@@ -445,11 +436,11 @@ class PartitionReader(StatefulSourcePartition[BatchResult, PartitionSnapshot]):
         if good or caught_up:
             self.errors.progressed()
         elif self.errors.since is not None and (
-            time.monotonic() - self.errors.since > self.source.broker_timeout_s
+            time.monotonic() - self.errors.since > self.source.kafka.broker_s
         ):
             raise SourceError(
-                f"lost the Kafka brokers {self.source.brokers} for more than "
-                f"{self.source.broker_timeout_s:g}s ({self.errors.last}); nothing after the "
+                f"lost the Kafka brokers {self.source.kafka.brokers} for more than "
+                f"{self.source.kafka.broker_s:g}s ({self.errors.last}); nothing after the "
                 "last snapshot was recorded: the next run reads it again"
             )
         if good and end is not None and good[-1].offset() + 1 >= end:
@@ -467,18 +458,18 @@ class PartitionReader(StatefulSourcePartition[BatchResult, PartitionSnapshot]):
             self.state,
             self.partition,
             good,
-            window_us=self.source.window_us,
-            shards=self.source.shards,
-            lateness_us=self.source.lateness_us,
-            dedup_horizon_us=self.source.dedup_horizon_us,
+            window_us=self.source.rules.window,
+            shards=self.source.rules.shards,
+            lateness_us=self.source.rules.allowed_lateness,
+            dedup_horizon_us=self.source.rules.dedup_us,
             first_offset=self.first_offset,
             end_offset=end,
             seen_at=datetime.now(UTC),
             report=first or self.done or caught_up,
             pending=not (self.done or caught_up),
-            start_us=self.source.start_us,
+            start_us=self.source.start.start_us,
             reread_before=self.source.view.reread.get(self.partition, -1),
-            keep_marks_us=self.source.keep_marks_us,
+            keep_marks_us=self.source.rules.marks_kept_us,
         )
         if self.done and end is not None:
             # Offsets up to the end may hold only transaction markers: they are read.

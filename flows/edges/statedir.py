@@ -23,7 +23,8 @@ from bytewax.recovery import init_db_dir
 from flows.core.eventtime import duration_label
 from flows.core.items import SOURCE_STEP
 from flows.core.partition import PartitionSnapshot
-from flows.settings import Settings, start_time_us
+from flows.errors import ConflictError
+from flows.settings import RulesSettings, new_run_id, start_time_us
 
 STATE_FORMAT = 5
 """Bumped whenever a class pickled in the state moves or changes (``tests/test_flow.py`` holds
@@ -34,6 +35,7 @@ META = "party_rates_state.json"
 START_OFFSETS = "start_offsets.json"
 REBUILD = "rebuild.json"
 DONE = "done"
+RUN_ID = "cluster_run_id"
 RECOVERY_PARTITIONS = 1
 
 
@@ -67,27 +69,28 @@ REBUILT_ON = (  # (key, what it is, key shown): a change rebuilds the state from
 )
 
 
-class StateError(RuntimeError):
+class StateError(ConflictError):
     """The state directory cannot be used with these settings."""
 
 
-def state_meta(settings: Settings) -> dict[str, object]:
+def state_meta(topic: str, rules: RulesSettings, output: str) -> dict[str, object]:
+    """What a state records of the settings it was made with."""
     return {
         "format": STATE_FORMAT,
-        "topic": settings.topic,
-        "window": settings.window,
-        "window_us": settings.window_us,
-        "allowed_lateness": settings.allowed_lateness,
-        "outcome_horizon": settings.outcome_horizon,
-        "outcome_horizon_us": settings.outcome_horizon_us,
-        "allowed_lateness_us": settings.lateness_us,
-        "dedup_horizon": duration_label(settings.dedup_horizon_us),
-        "dedup_horizon_us": settings.dedup_horizon_us,
-        "shards": settings.shards,
-        "rollups": ",".join(duration_label(n) for n in settings.rollup_lengths_us),
-        "rollup_lengths_us": list(settings.rollup_lengths_us),
-        "output": settings.output,
-        "start_at": settings.start_at or "earliest",
+        "topic": topic,
+        "window": duration_label(rules.window),
+        "window_us": rules.window,
+        "allowed_lateness": duration_label(rules.allowed_lateness),
+        "outcome_horizon": duration_label(rules.outcome_horizon),
+        "outcome_horizon_us": rules.outcome_horizon,
+        "allowed_lateness_us": rules.allowed_lateness,
+        "dedup_horizon": duration_label(rules.dedup_us),
+        "dedup_horizon_us": rules.dedup_us,
+        "shards": rules.shards,
+        "rollups": ",".join(duration_label(n) for n in rules.rollups),
+        "rollup_lengths_us": list(rules.rollups),
+        "output": output,
+        "start_at": rules.start_at or "earliest",
     }
 
 
@@ -171,12 +174,13 @@ class StateDir:
     def has_saved_state(self) -> bool:
         return self.recovery.exists() and any(self.recovery.iterdir())
 
-    def inspect(self, settings: Settings) -> Verdict:
+    def inspect(self, want: dict[str, object], start_at: str | None) -> Verdict:
         """Whether the state can be used with these settings, must be rebuilt, or is new.
 
         Refused (StateError): a state made for another topic, output or meaning-changing
         setting. Rebuilt: a state that cannot be read, of a format this version does not
-        read, or made for other shards or roll-ups (the output keeps what they wrote)."""
+        read, or made for other shards or roll-ups (the output keeps what they wrote).
+        ``want``: :func:`state_meta` of the settings; ``start_at``: the start given, if any."""
         meta_file = self.path / META
         if not meta_file.exists():
             if self.has_saved_state():
@@ -192,7 +196,6 @@ class StateDir:
                 f"{' and '.join(map(str, READABLE_FORMATS))}",
                 have,
             )
-        want = state_meta(settings)
         for key, label, shown, hint in MUST_MATCH:
             if key in have and have.get(key) != want[key]:
                 raise StateError(
@@ -200,10 +203,10 @@ class StateDir:
                     f"{have.get(shown, have.get(key))!r}, not {want[shown]!r}: {hint}"
                 )
         recorded = have.get("start_at", "earliest")
-        if settings.start_at is not None and settings.start_at != recorded:
+        if start_at is not None and start_at != recorded:
             raise StateError(
                 f"state in {self.path} was made with --start-at {recorded}, not "
-                f"{settings.start_at}: where a state starts is fixed when it is made; "
+                f"{start_at}: where a state starts is fixed when it is made; "
                 f"another start {FRESH} (later runs may leave --start-at out)"
             )
         for key, label, shown in REBUILT_ON:
@@ -219,7 +222,7 @@ class StateDir:
         meta = self.meta()
         return str(meta["state_id"]) if meta and meta.get("state_id") else None
 
-    def create(self, settings: Settings, state_id: str | None = None) -> str:
+    def create(self, want: dict[str, object], state_id: str | None = None) -> str:
         """Make a new state (or adopt an existing one's metadata: a format-4 state gets its id
         here); returns its id."""
         meta = self.meta()
@@ -227,17 +230,17 @@ class StateDir:
         if meta is not None and meta.get("format") in READABLE_FORMATS:
             # an older format that this version reads: it now saves this format's classes
             update = {"format": STATE_FORMAT, "state_id": ident}
-            update |= {k: v for k, v in state_meta(settings).items() if k not in meta}
+            update |= {k: v for k, v in want.items() if k not in meta}
             if any(meta.get(k) != v for k, v in update.items()):
                 self._write_meta(meta | update)
         else:
-            self._write_meta(state_meta(settings) | {"state_id": ident})
+            self._write_meta(want | {"state_id": ident})
         if not self.recovery.exists():
             self.recovery.mkdir(parents=True)
             init_db_dir(self.recovery, RECOVERY_PARTITIONS)
         return ident
 
-    def rebuild(self, settings: Settings, plan: dict[str, Any], state_id: str | None) -> str:
+    def rebuild(self, want: dict[str, object], plan: dict[str, Any], state_id: str | None) -> str:
         """Throw the saved state away and make a state that rebuilds itself as ``plan`` says
         (written before the metadata: a rebuild killed before it starts again)."""
         (self.path / META).unlink(missing_ok=True)
@@ -249,7 +252,7 @@ class StateDir:
         self.recovery.mkdir(parents=True)
         init_db_dir(self.recovery, RECOVERY_PARTITIONS)
         ident = state_id or uuid.uuid4().hex
-        self._write_meta(state_meta(settings) | {"state_id": ident})
+        self._write_meta(want | {"state_id": ident})
         return ident
 
     def rebuild_plan(self) -> dict[str, Any] | None:
@@ -264,6 +267,22 @@ class StateDir:
         tmp = self.path / (META + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(self.path / META)
+
+    def shared_run_id(self, used: Callable[[str], bool]) -> str:
+        """The run id the processes of one cluster share (flows.run.cluster_run_id): the
+        one kept here, or a new one if there is none or ``used`` says its run began."""
+        path = self.path / RUN_ID
+        with self.preparing():
+            try:
+                current = path.read_text().strip()
+            except OSError:
+                current = ""
+            if not current or used(current):
+                current = new_run_id()
+                tmp = self.path / (RUN_ID + ".tmp")
+                tmp.write_text(current)
+                tmp.replace(path)
+        return current
 
     def mark_done(self, run_id: str, process_id: int) -> None:
         """This process's part of a run is written (its dataflow returned)."""
@@ -282,7 +301,7 @@ class StateDir:
                 shutil.rmtree(directory, ignore_errors=True)
 
     def start(
-        self, settings: Settings, resolve: Callable[[str], dict[int, int]] | None = None
+        self, rules: RulesSettings, resolve: Callable[[str], dict[int, int]] | None = None
     ) -> Start:
         """Where this state starts: as its metadata records it (or as the settings say, for
         a state not made by ``party-rates run``). Partitions of the first run start at
@@ -294,8 +313,8 @@ class StateDir:
         try:
             start_at = json.loads(meta_file.read_text()).get("start_at", "earliest")
         except (OSError, ValueError):
-            start_at = settings.start_at or "earliest"
-        start_us = start_us_for(start_at, settings.window_us)
+            start_at = rules.start_at or "earliest"
+        start_us = start_us_for(start_at, rules.window)
         if start_at == "earliest":
             return Start(start_at, start_us, None)
         offsets_file = self.path / START_OFFSETS

@@ -32,8 +32,9 @@ import pyarrow.parquet as pq
 from pydantic import SecretStr
 
 from flows.core.paths import hive_segment
+from flows.errors import EXIT_STORAGE, JobError
 from flows.failpoints import Failpoints
-from flows.settings import Settings
+from flows.settings import StorageSettings
 
 __all__ = ["S3Target", "Storage", "StorageError", "hive_segment"]
 
@@ -56,8 +57,10 @@ DENIED = (
 UNREACHABLE = ("NETWORK_CONNECTION", "curlCode: 7", "Couldn't connect", "Connection refused")
 
 
-class StorageError(OSError):
+class StorageError(JobError, OSError):
     """The output storage cannot be reached or used. The message is one line, safe to print."""
+
+    exit_code = EXIT_STORAGE
 
 
 _END_FAILURES: list[str] = []
@@ -248,11 +251,13 @@ class Storage:
         *,
         s3: S3Target | None = None,
         failpoints: Failpoints | None = None,
+        given: str | None = None,
     ) -> None:
         # Arrow's own allocator keeps memory freed by earlier writes, so a long run's peak
         # grew with its length: the job writes now and then, the system allocator suffices.
         pa.set_memory_pool(pa.system_memory_pool())
         self._lock = threading.Lock()
+        self.given = given or (s3.uri if s3 is not None else root)  # the output as given
         self._s3 = s3
         self.failpoints = failpoints or Failpoints()
         self._fs: pafs.FileSystem | None
@@ -278,13 +283,13 @@ class Storage:
         self.object_store = filesystem.type_name in OBJECT_STORES
 
     @classmethod
-    def for_settings(cls, settings: Settings, failpoints: Failpoints | None = None) -> Storage:
+    def for_output(cls, settings: StorageSettings, failpoints: Failpoints | None = None) -> Storage:
         """The output storage the settings describe: a local directory or an s3:// URI.
 
         Makes no request: an object store is reached on first use.
         """
         if not is_s3_uri(settings.output):
-            return cls(settings.output, failpoints=failpoints)
+            return cls(settings.output, failpoints=failpoints, given=settings.output)
         target = S3Target.parse(
             settings.output,
             endpoint=settings.s3_endpoint,
@@ -292,7 +297,7 @@ class Storage:
             secret_key=settings.s3_secret_key,
             region=settings.s3_region,
         )
-        return cls(s3=target)
+        return cls(s3=target, given=settings.output)
 
     def __repr__(self) -> str:
         return f"Storage({self.uri!r})"

@@ -38,6 +38,7 @@ from flows.core.coverage import (
 )
 from flows.core.eventtime import duration_label, format_us
 from flows.edges.storage import Storage
+from flows.errors import ConflictError
 
 RECORD = "_table.json"
 OUTPUT_FORMAT = 1
@@ -54,7 +55,7 @@ MEANING = (  # (key, shown as, flag)
 """The settings that give the rows their meaning: fixed for the life of an output."""
 
 
-class TableError(RuntimeError):
+class TableError(ConflictError):
     """The output cannot be written by this run: its record says why, in one line."""
 
 
