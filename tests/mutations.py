@@ -197,16 +197,16 @@ MUTATIONS = (
         "the final commit made before the dataflow has returned",
         (
             (
-                "flows/cli.py",
-                "            commit_final_positions(settings, state, storage, failpoints, "
+                "flows/run.py",
+                "        commit_final_positions(settings, state, storage, failpoints, "
                 "settled=True)\n",
                 "",
             ),
             (
-                "flows/cli.py",
-                "            try:\n                cli_main(\n",
-                "            commit_final_positions(settings, state, storage, failpoints, "
-                "settled=True)\n            try:\n                cli_main(\n",
+                "flows/run.py",
+                "        try:\n            cli_main(\n",
+                "        commit_final_positions(settings, state, storage, failpoints, "
+                "settled=True)\n        try:\n            cli_main(\n",
             ),
         ),
         (
@@ -219,8 +219,8 @@ MUTATIONS = (
         (
             (
                 "flows/edges/source.py",
-                "            dedup_horizon_us=self.source.dedup_horizon_us,\n",
-                "            dedup_horizon_us=self.source.lateness_us,\n",
+                "            dedup_horizon_us=self.source.rules.dedup_us,\n",
+                "            dedup_horizon_us=self.source.rules.allowed_lateness,\n",
             ),
         ),
         (
@@ -234,10 +234,9 @@ MUTATIONS = (
         (
             (
                 "flows/party_rates.py",
-                "    w, late, horizon = settings.window_us, settings.lateness_us, "
-                "settings.outcome_horizon_us\n",
-                "    w, late, horizon = settings.window_us, 600_000_000, "
-                "settings.outcome_horizon_us\n",
+                "    w, late, horizon = rules.window, rules.allowed_lateness, "
+                "rules.outcome_horizon\n",
+                "    w, late, horizon = rules.window, 600_000_000, rules.outcome_horizon\n",
             ),
         ),
         (

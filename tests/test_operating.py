@@ -632,7 +632,7 @@ def test_a_failed_push_is_one_line_and_leaves_the_exit_code(broker, tmp_path: Pa
         assert result.returncode == code, result.stderr
         pushed = [ln for ln in result.stderr.splitlines() if "pushing metrics" in ln]
         assert len(pushed) == 1, result.stderr
-        assert pushed[0].startswith(f"party-rates: pushing metrics to {nowhere} failed: ")
+        assert pushed[0].startswith(f"party-rates: warning: pushing metrics to {nowhere} failed: ")
         assert "Traceback" not in result.stderr
 
 
@@ -658,7 +658,7 @@ def test_each_process_of_a_cluster_writes_its_own_textfile(broker, tmp_path: Pat
         own = {k: v for k, v in samples.items() if k[0].startswith("party_rates_")}
         assert own and all(("process", str(i)) in labels for _n, labels in own)
         assert _own_label_names(own) <= LABELS | {"process"}
-        counted += sum(pick(samples, "party_rates_messages_total").values())
+        counted += sum(pick(samples, "party_rates_last_run_messages").values())
         assert by_label(samples, "party_rates_next_offset", "partition"), name  # its own
     assert counted == len(messages)
 
