@@ -11,9 +11,9 @@ dataflow. The job never imports this package.
 
 from importlib.util import find_spec
 
-if find_spec("pandas") is None or find_spec("matplotlib") is None:
+if any(find_spec(name) is None for name in ("pandas", "matplotlib", "scipy")):
     raise ImportError(
-        "flows.analysis needs the analysis extra (pandas, matplotlib): "
+        "flows.analysis needs the analysis extra (pandas, matplotlib, scipy): "
         "pip install 'party-rates[analysis]'"
     )
 

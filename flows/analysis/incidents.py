@@ -52,10 +52,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import betainc
+from scipy.stats import false_discovery_control
 
 from flows.analysis.loaders import TimeLike, filter_dates
 
@@ -89,64 +92,17 @@ _EPOCH = pd.Timestamp(0, tz="UTC")
 _TINY = 1e-300
 
 
-# --- the binomial upper tail -------------------------------------------------------------
-
-
-def _lgamma(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    return np.array([math.lgamma(v) for v in values.ravel()], dtype=float).reshape(values.shape)
-
-
-def _beta_fraction(
-    a: np.ndarray[Any, Any], b: np.ndarray[Any, Any], x: np.ndarray[Any, Any]
-) -> np.ndarray[Any, Any]:
-    """The continued fraction of the incomplete beta function (modified Lentz), element-wise."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = np.ones_like(x)
-    d = 1.0 - qab * x / qap
-    d = 1.0 / np.where(np.abs(d) < _TINY, _TINY, d)
-    h = d.copy()
-    for m in range(1, 5001):
-        m2 = 2.0 * m
-        for aa in (
-            m * (b - m) * x / ((qam + m2) * (a + m2)),
-            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
-        ):
-            d = 1.0 + aa * d
-            d = 1.0 / np.where(np.abs(d) < _TINY, _TINY, d)
-            c = 1.0 + aa / c
-            c = np.where(np.abs(c) < _TINY, _TINY, c)
-            delta = d * c
-            h = h * delta
-        if np.all(np.abs(delta - 1.0) < 1e-13):
-            break
-    return h
-
-
-def _regularized_beta(
-    a: np.ndarray[Any, Any], b: np.ndarray[Any, Any], x: np.ndarray[Any, Any]
-) -> np.ndarray[Any, Any]:
-    """I_x(a, b) for a, b > 0 and 0 < x < 1, element-wise."""
-    log_front = _lgamma(a + b) - _lgamma(a) - _lgamma(b) + a * np.log(x) + b * np.log1p(-x)
-    front = np.exp(log_front)
-    direct = x < (a + 1.0) / (a + b + 2.0)
-    out = np.empty_like(x)
-    if direct.any():
-        i = direct
-        out[i] = front[i] * _beta_fraction(a[i], b[i], x[i]) / a[i]
-    if (~direct).any():
-        i = ~direct
-        out[i] = 1.0 - front[i] * _beta_fraction(b[i], a[i], 1.0 - x[i]) / b[i]
-    return np.clip(out, 0.0, 1.0)
+# --- the binomial upper tail ---------------------------------------------------------------
 
 
 def binomial_sf(successes: Any, trials: Any, p: Any) -> np.ndarray[Any, Any]:
     """P(X ≥ successes) for X ~ Binomial(trials, p), element-wise.
 
     Counts may be fractional (effective counts ``count ÷ φ``): the tail is the regularized
-    incomplete beta function I_p(successes, trials - successes + 1), which equals the sum of
-    binomial probabilities for whole counts and interpolates between them. 1 where
-    ``successes`` is 0 or less, 0 where it exceeds ``trials``. Always an array (1-d for
-    scalars).
+    incomplete beta function I_p(successes, trials - successes + 1) (``scipy.special.
+    betainc``), which equals the sum of binomial probabilities for whole counts and
+    interpolates between them. 1 where ``successes`` is 0 or less, 0 where it exceeds
+    ``trials``. Always an array (1-d for scalars).
     """
     k, n, prob = np.broadcast_arrays(
         np.atleast_1d(np.asarray(successes, dtype=float)),
@@ -159,21 +115,15 @@ def binomial_sf(successes: Any, trials: Any, p: Any) -> np.ndarray[Any, Any]:
     out[(k > 0) & (k <= n) & (prob <= 0)] = 0.0
     if inner.any():
         a, b = k[inner], n[inner] - k[inner] + 1.0
-        out[inner] = _regularized_beta(a, b, prob[inner])
+        out[inner] = betainc(a, b, prob[inner])
     return out
 
 
 def _benjamini_hochberg(p: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Benjamini-Hochberg adjusted p-values (q-values), in the order given."""
-    m = len(p)
-    if m == 0:
+    if len(p) == 0:
         return p.copy()
-    order = np.argsort(p, kind="stable")
-    ranked = p[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
+    return np.asarray(false_discovery_control(p, method="bh"))
 
 
 # --- per-namespace series ----------------------------------------------------------------
@@ -562,12 +512,5 @@ def incident_series(
 
 
 def _normal_quantile(q: float) -> float:
-    """The standard normal quantile (bisection on erf: exact enough for plot bands)."""
-    low, high = -10.0, 10.0
-    for _ in range(100):
-        mid = (low + high) / 2
-        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
+    """The standard normal quantile."""
+    return NormalDist().inv_cdf(q)
