@@ -50,13 +50,12 @@ from flows.core.eventtime import (
     parse_duration_us,
     parse_rfc3339_exact,
 )
+from schemas.durations import DEFAULT_OUTCOME_HORIZON_US
 
 ENV_PREFIX = "PARTY_RATES_"
 SECRET_WORDS = ("password", "secret", "pem", "token", "credential", "jaas")
 START_WORDS = ("earliest", "latest")
 DAY_US = 86_400_000_000
-OUTCOME_HORIZON_US = 3_600_000_000
-"""The default outcome horizon (1 h): how long after a disconnect its outcome is looked for."""
 
 
 def new_run_id() -> str:
@@ -236,7 +235,7 @@ class RulesSettings(Part):
         description="how far behind its partition an event may arrive and still count",
     )
     outcome_horizon: Duration = Field(
-        OUTCOME_HORIZON_US,
+        DEFAULT_OUTCOME_HORIZON_US,
         description="how long after a disconnect its rejoin or drop is looked for",
     )
     dedup_horizon: Duration | None = Field(

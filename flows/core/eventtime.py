@@ -11,7 +11,9 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-US_PER_S = 1_000_000
+from schemas.durations import US_PER_S, duration_label, parse_duration_us
+
+__all__ = ["US_PER_S", "duration_label", "parse_duration_us"]  # shared with the output's readers
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
@@ -176,25 +178,6 @@ def format_us(us: int) -> str:
         return to_datetime(us).isoformat()
     except OverflowError:
         return f"{us} µs since 1970"
-
-
-def parse_duration_us(text: str) -> int:
-    """Parse ``90s``, ``5m``, ``1h``, ``1d`` or plain seconds into microseconds."""
-    m = re.fullmatch(r"\s*([0-9]+)\s*(ms|s|m|h|d)?\s*", text)
-    if m is None:
-        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h or 1d")
-    unit = {"ms": 1_000, "s": US_PER_S, None: US_PER_S, "m": 60 * US_PER_S}
-    unit |= {"h": 3600 * US_PER_S, "d": 86400 * US_PER_S}
-    return int(m.group(1)) * unit[m.group(2)]
-
-
-def duration_label(us: int) -> str:
-    """The shortest name of a duration: ``1d``, ``1h``, ``90m``, ``45s`` (roll-up datasets
-    are named by it: ``party_rates_1h``)."""
-    for unit, size in (("d", 86400 * US_PER_S), ("h", 3600 * US_PER_S), ("m", 60 * US_PER_S)):
-        if us % size == 0:
-            return f"{us // size}{unit}"
-    return f"{us / US_PER_S:g}s"
 
 
 def window_columns(namespace: str, start_us: int, window_us: int) -> dict[str, Any]:

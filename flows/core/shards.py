@@ -16,10 +16,10 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from flows.core.eventtime import US_PER_S
 from flows.core.items import Report, RollupPart, ShardPart, Tick, WindowPart
 from flows.core.outcomes import OutcomeMatcher
 from flows.core.partials import merge_window, summary
+from schemas.durations import DEFAULT_OUTCOME_HORIZON_US
 
 ShardOutput = Report | RollupPart
 
@@ -32,7 +32,10 @@ class Shard:
     """One (namespace, shard)'s open windows, open incidents and watermark bookkeeping."""
 
     def __init__(
-        self, window_us: int, horizon_us: int = 3600 * US_PER_S, rollups: tuple[int, ...] = ()
+        self,
+        window_us: int,
+        horizon_us: int = DEFAULT_OUTCOME_HORIZON_US,
+        rollups: tuple[int, ...] = (),
     ) -> None:
         self.rollups = rollups
         self.horizon_us = horizon_us
@@ -161,7 +164,7 @@ class Shard:
         cls,
         window_us: int,
         snap: bytes,
-        horizon_us: int = 3600 * US_PER_S,
+        horizon_us: int = DEFAULT_OUTCOME_HORIZON_US,
         rollups: tuple[int, ...] = (),
     ) -> Shard:
         self = cls(window_us, horizon_us, rollups)
