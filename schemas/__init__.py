@@ -1,1 +1,2 @@
-"""Event models of the session-history topic and the Parquet output schemas."""
+"""Event models of the session-history topic, the Parquet output schemas, and the durations
+that name the roll-up datasets."""
