@@ -7,7 +7,11 @@ consumer is replaced, so these runs have no broker and no wall-clock dependence.
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from flows.edges.statedir import Start, StateDir
 from flows.party_rates import build_flow
 from flows.settings import Settings
 from flows.tooling.simulator import SimConfig, generate
-from tests.helpers import assert_matches_reference, assert_same_output
+from tests.helpers import REPO, assert_matches_reference, assert_same_output
 
 MIN = 60_000_000
 PARTITIONS = 3
@@ -294,22 +298,48 @@ def test_runs_cut_anywhere_equal_one_run(uncut: tuple[list, Path], data: st.Data
         assert_matches_reference(Path(tmp) / "out", flat)
 
 
+STORE_READER = """
+import json, sys
+from flows.edges.statedir import StateDir
+store = StateDir(sys.argv[1])
+for _line in sys.stdin:
+    offsets, _settled = store.durable_offsets()
+    print(json.dumps(offsets), flush=True)
+"""
+
+
 class CommitsReadingTheStore:
     """Stands in for the consumer group: at each commit of read positions, reads what the
-    recovery store holds at that moment (what the next run would resume from)."""
+    recovery store holds at that moment (what the next run would resume from).
+
+    The store is read by a process of its own: a second SQLite library in the process that
+    writes the store (Bytewax's) would release that library's file locks when its own
+    connection closes, and could find the store's shared memory truncated under it."""
 
     def __init__(self, state: Path) -> None:
-        from flows.edges.statedir import StateDir
-
-        self.store = StateDir(str(state))
+        self.reader = subprocess.Popen(
+            [sys.executable, "-c", STORE_READER, str(state)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
         self.seen: list[tuple[dict[int, int], dict[int, int]]] = []
+        self.lock = threading.Lock()  # the readers of several workers commit
 
     def commit(self, offsets: dict[int, int]) -> None:
-        durable, _settled = self.store.durable_offsets()
-        self.seen.append((dict(offsets), durable))
+        assert self.reader.stdin is not None and self.reader.stdout is not None
+        with self.lock:
+            self.reader.stdin.write("read\n")
+            self.reader.stdin.flush()
+            answer = json.loads(self.reader.stdout.readline())
+            durable = {int(p): o for p, o in answer.items()}
+            self.seen.append((dict(offsets), durable))
 
     def take_error(self) -> None:
         return None
+
+    def close(self) -> None:
+        assert self.reader.stdin is not None
+        self.reader.stdin.close()
+        self.reader.wait(timeout=30)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -338,6 +368,7 @@ def test_no_group_commit_is_ahead_of_the_durable_snapshot(tmp_path: Path, worker
             flow, [], 0, epoch_interval=epoch, recovery_config=recovery,
             worker_count_per_proc=workers,
         )  # fmt: skip
+    commits.close()
     moved = [(offsets, durable) for offsets, durable in commits.seen if any(offsets.values())]
     assert len(moved) >= 2 * PARTITIONS, f"only {len(moved)} commits: the run had few epochs"
     for offsets, durable in commits.seen:
