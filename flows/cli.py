@@ -65,6 +65,10 @@ FLAGS: dict[str, dict[str, Any]] = {
         "help": "serve Prometheus metrics on this port plus the process id (off by default)",
     },
     "pushgateway": {"help": "Prometheus Pushgateway URL: push the run's metrics when it ends"},
+    "retain": {
+        "help": "fold run manifests older than this into monthly archives and delete "
+        "late-event and dead-letter files not written to for this long (default: keep all)"
+    },
     "metrics_file": {
         "help": "write the run's metrics to this .prom file when it ends (textfile collector)"
     },
@@ -258,7 +262,7 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from flows.edges import recovery, stopping
+    from flows.edges import recovery, retention, stopping
     from flows.edges.source import (
         SourceError,
         TopicSource,
@@ -277,7 +281,7 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
     failpoints = Failpoints(settings.failpoint)
     try:
         with state.locked(settings.process_id):
-            if settings.process_id in (None, 0) and storage.exists(f"_runs/{settings.run_id}.json"):
+            if settings.process_id in (None, 0) and retention.run_exists(storage, settings.run_id):
                 raise Fail(EXIT_SETTINGS, f"a run with id {settings.run_id!r} already exists")
             check_kafka_settings(settings)
             check_metrics_settings(settings)
@@ -356,6 +360,7 @@ def _run_job(settings: Settings, quiet: bool) -> dict[str, Any] | None:
                 if not settings.process_id:
                     processes = len(settings.addresses.split(";")) if settings.addresses else 1
                     recovery.write_record(settings, state, storage, view, processes)
+                    retention.apply(storage, settings.retain_us, settings.run_id)  # --retain
             commit_final_positions(settings, state, storage, failpoints, settled=True)
             if failures:
                 raise StorageError(f"{failures[0]}; the next run writes what is missing")

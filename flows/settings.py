@@ -144,6 +144,11 @@ class Settings(BaseSettings):
         description="Let this run replace final rows of the output: a deliberate recompute "
         "into an existing output, with an empty --state (see README, Upgrading and recovery)",
     )
+    retain: str | None = Field(
+        None,
+        description="Fold run manifests older than this into monthly archives and delete "
+        "late-event and dead-letter files not written to for this long (default: keep all)",
+    )
     failpoint: str | None = Field(
         None, description="Tests only (PARTY_RATES_FAILPOINT): stop the process at this point"
     )
@@ -167,6 +172,13 @@ class Settings(BaseSettings):
     def _opt_duration(cls, v: str | None) -> str | None:
         if v is not None:
             parse_duration_us(v)
+        return v
+
+    @field_validator("retain")
+    @classmethod
+    def _retain(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration_us(v) < 86_400_000_000:
+            raise ValueError(f"{v!r} is less than a day (1d); leave it out to keep everything")
         return v
 
     @field_validator("failpoint")
@@ -309,6 +321,10 @@ class Settings(BaseSettings):
         and longer than it (an explicit list that does not fit is refused)."""
         w = self.window_us
         return tuple(n for n in self._rollups_given() if n > w and n % w == 0)
+
+    @property
+    def retain_us(self) -> int | None:
+        return parse_duration_us(self.retain) if self.retain else None
 
     @property
     def lateness_us(self) -> int:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from flows.edges.sinks import DEAD_LETTERS, RATES, ParquetSink, write_merged
+from flows.edges.sinks import DEAD_LETTERS, ParquetSink, window_dataset, write_merged
 from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
+from schemas.output import RATES_FILE_SCHEMA
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+RATES = window_dataset("party_rates", RATES_FILE_SCHEMA, 5 * 60_000_000)
 
 
 def _rate(disconnected: int, is_final: bool, start: datetime = T0) -> dict:
@@ -147,7 +149,7 @@ def test_stale_temporary_files_are_removed_and_real_files_kept(tmp_path: Path) -
 
 
 class BrokenStorage(Storage):
-    def write_tables(self, tables: object) -> None:
+    def write_tables(self, tables: object, write: object = None) -> None:
         raise StorageError("object store s3://b/p: cannot connect (check --s3-endpoint)")
 
 

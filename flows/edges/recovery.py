@@ -25,6 +25,7 @@ from flows.core.eventtime import duration_label
 from flows.core.items import CLOCK, CLOCK_STEP, SOURCE_STEP
 from flows.core.partition import PartitionSnapshot
 from flows.core.watermark import Clock
+from flows.edges import layout
 from flows.edges.metrics import METRICS
 from flows.edges.statedir import STATE_FORMAT, StateDir, StateError
 from flows.edges.storage import Storage
@@ -97,7 +98,7 @@ def prepare(
         check_meaning(record, settings_meaning(settings, start_at), storage.uri)
     with state.preparing():
         verdict = state.inspect(settings)
-        if record is None:
+        if record is None or not record.claims:
             if verdict.kind == "rebuild":
                 raise StateError(
                     f"state in {state.path} cannot be used ({verdict.reason}) and the output "
@@ -146,9 +147,32 @@ def prepare(
                 plan_json(plan, why, settings.run_id),
                 record.state_id,
             )
+        # an output of an older layout is migrated before anything is read or written
+        record = layout.migrate(
+            storage, state, record, settings.window_us, [w.name for w in windows],
+            lambda: unclaimed_record(settings, state),
+        )  # fmt: skip
     view = view_of(record, state.rebuild_plan(), windows, horizon, settings.run_id)
     METRICS.incomplete_windows(incomplete_counts(view.covered.incomplete, windows))
     return view
+
+
+def unclaimed_record(settings: Settings, state: StateDir) -> TableRecord:
+    """The record of an output that has none, which only says its format and its state: it
+    claims no rows (a run's record, written when the run ends, does)."""
+    meta = state.meta() or {}
+    return TableRecord(
+        format=OUTPUT_FORMAT,
+        settings=settings_meaning(settings, meta.get("start_at", "earliest")),
+        rollups={},
+        state_id=str(meta.get("state_id", "")),
+        state_format=STATE_FORMAT,
+        run_id="",
+        written_at=now_text(),
+        closed_until_us=None,
+        watermark_us=None,
+        partitions={},
+    )
 
 
 def incomplete_counts(incomplete: list[Incomplete], windows: list[Window]) -> dict[str, int]:
