@@ -161,13 +161,15 @@ RATES_SCHEMA = pa.schema(list(RATES_PARTITION_SCHEMA) + list(RATES_FILE_SCHEMA))
 def __getattr__(name: str) -> Any:
     # The partitionings, built on first use: pyarrow.dataset is slow to import and the job
     # itself does not need it.
+    fields = {
+        "RATES_PARTITIONING": RATES_PARTITION_SCHEMA,  # format 1: namespace=/date= directories
+        "DATE_PARTITIONING": pa.schema([DATE_FIELD]),  # format 2, shorter windows: date=
+    }
+    if name not in fields:
+        raise AttributeError(name)
     import pyarrow.dataset as ds
 
-    if name == "RATES_PARTITIONING":  # format 1: namespace=/date= directories
-        return ds.partitioning(RATES_PARTITION_SCHEMA, flavor="hive")
-    if name == "DATE_PARTITIONING":  # format 2, windows shorter than a day: date= directories
-        return ds.partitioning(pa.schema([DATE_FIELD]), flavor="hive")
-    raise AttributeError(name)
+    return ds.partitioning(fields[name], flavor="hive")
 
 
 LATE_EVENTS_SCHEMA = pa.schema(

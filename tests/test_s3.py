@@ -78,8 +78,8 @@ def test_split_runs_to_s3_equal_a_local_run(broker, s3: S3Server, tmp_path: Path
         )
         assert_same_rows(got, want)
 
-    # The objects as S3 lists them: each written by one PUT, one data file per
-    # namespace=/date= prefix, no directory markers, no temporary objects.
+    # The objects as S3 lists them: each written by one PUT, one data file per date=
+    # prefix (format 2), no directory markers, no temporary objects.
     objects = s3.list_objects(bucket, prefix + "/")
     keys = sorted(objects)
     assert not [k for k, etag in objects.items() if "-" in etag]  # single PUTs, no multipart
@@ -87,6 +87,7 @@ def test_split_runs_to_s3_equal_a_local_run(broker, s3: S3Server, tmp_path: Path
     per_partition = Counter(posixpath.dirname(k) for k in rates)
     assert per_partition and set(per_partition.values()) == {1}
     assert {posixpath.basename(k) for k in rates} == {"part-0.parquet"}
+    assert all(posixpath.basename(posixpath.dirname(k)).startswith("date=") for k in rates)
     assert all(k.endswith((".parquet", ".json")) for k in keys), keys
     assert not [k for k in keys if posixpath.basename(k).startswith(".") or k.endswith("/")]
 
