@@ -30,7 +30,6 @@ from zlib import adler32
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
@@ -158,6 +157,8 @@ class DatasetSpec:
 def row_groups(column: pa.ChunkedArray, target: int) -> list[tuple[int, int]]:
     """(offset, length) of row groups over a sorted column: each at least ``target`` rows
     (but the last) and ending where the column's value changes."""
+    import pyarrow.compute as pc  # on first use: its import costs every start
+
     n = len(column)
     if n <= target:
         return [(0, n)]
@@ -421,6 +422,8 @@ def merge_tables(existing: pa.Table, new: pa.Table, spec: DatasetSpec) -> pa.Tab
     first write wins. All of it in Arrow compute over whole columns: a day's file holds
     every namespace's windows of the day, and a scheduled run merges a few of them into it.
     """
+    import pyarrow.compute as pc  # on first use: its import costs every start
+
     old_keys = _keys(existing, spec.key_columns)
     new_keys = _keys(new, spec.key_columns)
     where = pc.index_in(new_keys, value_set=old_keys)  # the existing row of each key, or null
@@ -451,6 +454,8 @@ def _keys(table: pa.Table, columns: tuple[str, ...]) -> pa.Array:
     """One value per row that tells keys apart: the key column itself, or the key columns'
     values joined by a NUL (the last column is a number, which holds none, so the joined
     values of different keys differ)."""
+    import pyarrow.compute as pc
+
     parts = []
     for name in columns:
         column = table.column(name).combine_chunks()
@@ -464,6 +469,8 @@ def _keys(table: pa.Table, columns: tuple[str, ...]) -> pa.Array:
 
 def _rows_equal(a: pa.Table, b: pa.Table) -> pa.Array:
     """Per row, whether every column of ``a`` equals ``b``'s (two nulls are equal)."""
+    import pyarrow.compute as pc
+
     same = None
     for name in a.column_names:
         x, y = a.column(name), b.column(name)
