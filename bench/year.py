@@ -133,6 +133,26 @@ def day_table(
     return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
 
 
+PREVIOUS_RUN = datetime(2000, 1, 1, 23, 30, tzinfo=UTC)
+"""The time of day the last day's rows were written by a run reading up to (the last run
+before the measured ones, on a 15-minute schedule)."""
+LATENESS = timedelta(minutes=10)
+HORIZON = timedelta(hours=1)
+
+
+def as_left_at(table: pa.Table, base: str, until: datetime) -> pa.Table:
+    """The rows a run that read events up to ``until`` left: windows starting before it,
+    final once the watermark (``until`` less the allowed lateness) passed their end (and
+    the outcome horizon after it, for outcomes), the others provisional."""
+    import pyarrow.compute as pc
+
+    horizon = HORIZON if base == "disconnect_outcomes" else timedelta(0)
+    table = table.filter(pc.less(table.column("window_start"), pa.scalar(until, UTC_US)))
+    final = pc.less_equal(table.column("window_end"), pa.scalar(until - LATENESS - horizon, UTC_US))
+    i = table.schema.get_field_index("is_final")
+    return table.set_column(i, table.schema.field(i), final)
+
+
 def old_spec(name: str, base: str) -> DatasetSpec:
     """A windowed dataset laid out as format 1: a file per namespace and date, the namespace
     and date in the path only."""
@@ -161,9 +181,12 @@ def write_year(root: Path, names: list[str], days: list[date], seed: int) -> Non
     for i, day in enumerate(days):
         for name, base, length in DATASETS:
             table = day_table(rng, names, day, base, length, scale)
+            if i == len(days) - 1:
+                table = as_left_at(table, base, PREVIOUS_RUN.replace(
+                    year=day.year, month=day.month, day=day.day))  # fmt: skip
             spec_old, spec_new = old_spec(name, base), new_spec(name, base, length)
             measures = spec_old.file_schema
-            per = max(DAY // length, 1)
+            per = table.num_rows // len(names)  # as many windows in each namespace
             old.write_tables(
                 [
                     (
@@ -193,7 +216,7 @@ def write_runs(root: Path, days: list[date]) -> None:
     """A manifest for every run of a 15-minute schedule over the year, each with the
     modification time of its run's end; in format 2's output, ``--retain 30d`` applied at
     the year's end."""
-    sample = {
+    sample: dict[str, Any] = {
         "run_id": "", "started_at": "", "ended_at": "", "status": "completed",
         "settings": {f"setting_{i}": f"value-{i}" for i in range(40)},
         "partitions": {str(p): {"from": 1_000_000 * p, "to": 1_000_000 * p + 5_000,
@@ -335,9 +358,25 @@ def run_rows(
     return out
 
 
-def write_run(storage: Storage, layout: str, rows: dict[str, list[dict[str, Any]]]) -> float:
-    """Seconds the sinks take to write a run's rows, one worker (one sink partition after
-    another, as a run with one worker writes them)."""
+def _last_files(root: Path, day: date) -> dict[Path, tuple[int, int, int]]:
+    """(inode, modification time, size) of the files that hold ``day``'s windows."""
+    patterns = (f"*/date={day}/*.parquet", f"date={day}/*.parquet", f"month={day:%Y-%m}/*.parquet")
+    out = {}
+    for name, _base, _length in DATASETS:
+        for pattern in patterns:
+            for path in (root / name).glob(pattern):
+                st = path.stat()
+                out[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def write_run(
+    storage: Storage, layout: str, rows: dict[str, list[dict[str, Any]]], day: date
+) -> tuple[float, int, int]:
+    """Seconds the sinks take to write a run's rows (of ``day``), one worker (one sink
+    partition after another, as a run with one worker writes them); and the files and
+    bytes they wrote (on an object store, each file is one upload of the whole object)."""
+    before = _last_files(Path(storage.root), day)
     started = time.perf_counter()
     for name, base, length in DATASETS:
         if not rows[name]:
@@ -348,7 +387,10 @@ def write_run(storage: Storage, layout: str, rows: dict[str, list[dict[str, Any]
         )
         part.write_batch([item for _key, item in route(spec)(rows[name])])
         part.close()
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    after = _last_files(Path(storage.root), day)
+    written = [after[p][2] for p in after if before.get(p) != after[p]]
+    return seconds, len(written), sum(written)
 
 
 # --- the report -----------------------------------------------------------------------
@@ -407,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert len(counts) == 1 and counts != {0}, (q, reader, counts)
 
         end = datetime(last.year, last.month, last.day, 23, 45, tzinfo=UTC)
-        writes: dict[tuple[str, str], list[float]] = {}
+        writes: dict[tuple[str, str], list[tuple[float, int, int]]] = {}
         for label, span, until in (
             ("steady-state scheduled run (15 minutes of rows)", timedelta(minutes=15), end),
             ("following run's flush (a 5-minute window made final)", timedelta(minutes=5),
@@ -415,11 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         ):  # fmt: skip
             for layout in layouts:
                 storage = Storage(str(root / layout))
-                times = [
-                    write_run(storage, layout, run_rows(names, last, until, r, span))
+                writes[(label, layout)] = [
+                    write_run(storage, layout, run_rows(names, last, until, r, span), last)
                     for r in range(1, args.repeat + 1)
                 ]
-                writes[(label, layout)] = times
     finally:
         if not args.keep and not args.dir:
             shutil.rmtree(root, ignore_errors=True)
@@ -437,7 +478,7 @@ def render(
     days: list[date],
     sizes: dict[str, tuple[int, int, int, int]],
     loads: dict[tuple[str, str, str], float],
-    writes: dict[tuple[str, str], list[float]],
+    writes: dict[tuple[str, str], list[tuple[float, int, int]]],
     written: float,
     queries: list[Query],
 ) -> str:
@@ -496,17 +537,20 @@ def render(
         "provisional: the day's files, and the month's for day roll-ups, at their fullest); "
         "a following run's flush merges one 5-minute window's final rows.",
         "",
-        "| write | format 1 | format 2 |",
-        "|---|---:|---:|",
+        "| write | format 1: seconds | files, MiB written | format 2: seconds "
+        "| files, MiB written |",
+        "|---|---:|---:|---:|---:|",
     ]
     for label in dict.fromkeys(k[0] for k in writes):
         cells = []
         for layout in ("format1", "format2"):
-            t = writes[(label, layout)]
+            t = [w[0] for w in writes[(label, layout)]]
+            _seconds, files, nbytes = writes[(label, layout)][-1]
             cells.append(f"{_s(statistics.median(t))} ({_s(min(t))}-{_s(max(t))})")
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+            cells.append(f"{files:,}, {_mib(nbytes)}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     steady = statistics.median(
-        writes[("steady-state scheduled run (15 minutes of rows)", "format2")]
+        w[0] for w in writes[("steady-state scheduled run (15 minutes of rows)", "format2")]
     )
     lines += [
         "",

@@ -1,6 +1,7 @@
 """A run against its output and its state: the checks at the start, the rebuild of a state
-that is missing, unreadable or made for other shards or roll-ups, and the output's record
-written at the end (flows.edges.table).
+that is missing, unreadable or made for other shards or roll-ups, the migration of an
+output of an older layout (flows.edges.layout), and the output's record written at the end
+(flows.edges.table).
 
 How a state and an output are told apart:
 

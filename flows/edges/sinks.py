@@ -339,8 +339,9 @@ class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
         """Write the files of days before the newest final row's day, if all final.
 
         Over a long backlog this keeps the buffer to about a day of rows. Such a file is
-        written once unless one of its namespace's windows closes after the next day's first
-        one did (then it is written again, with the same rows plus that one).
+        written once unless one of its windows closes after the next day's first one did
+        (then it is written again, with the same rows plus that one); a month's file of day
+        roll-ups is written again as each of its days settles.
         """
         assert self.newest_day is not None
         spec = self.sink.spec
