@@ -450,15 +450,18 @@ def main(argv: list[str] | None = None) -> int:
 
         end = datetime(last.year, last.month, last.day, 23, 45, tzinfo=UTC)
         writes: dict[tuple[str, str], list[tuple[float, int, int]]] = {}
-        for label, span, until in (
-            ("steady-state scheduled run (15 minutes of rows)", timedelta(minutes=15), end),
+        # each scheduled run again at 23:45 (its provisional rows changed), each flush five
+        # minutes after the one before (the next window made final)
+        for label, span, step in (
+            ("steady-state scheduled run (15 minutes of rows)", timedelta(minutes=15),
+             timedelta(0)),
             ("following run's flush (a 5-minute window made final)", timedelta(minutes=5),
-             end + timedelta(minutes=5)),
+             timedelta(minutes=5)),
         ):  # fmt: skip
             for layout in layouts:
                 storage = Storage(str(root / layout))
                 writes[(label, layout)] = [
-                    write_run(storage, layout, run_rows(names, last, until, r, span), last)
+                    write_run(storage, layout, run_rows(names, last, end + step * r, r, span), last)
                     for r in range(1, args.repeat + 1)
                 ]
     finally:
@@ -535,7 +538,7 @@ def render(
         "The rows of the year's last day, at 23:45: a scheduled run merges 15 minutes of "
         "rows into every dataset (final 5-minute rates and outcomes, every open window "
         "provisional: the day's files, and the month's for day roll-ups, at their fullest); "
-        "a following run's flush merges one 5-minute window's final rows.",
+        "a following run's flush merges one 5-minute window's final rows (23:50, 23:55, …).",
         "",
         "| write | format 1: seconds | files, MiB written | format 2: seconds "
         "| files, MiB written |",
