@@ -739,7 +739,7 @@ def test_data_dictionary_covers_every_column_and_manifest_field() -> None:
     for name in (*counts, "before_start"):
         assert f"| `counts.{name}` |" in text
     assert "| `group_commit_error` |" in text
-    assert len(MANIFEST_FIELDS) == 24
+    assert len(MANIFEST_FIELDS) == 26
     for name in ("older_than", "manifests_folded", "late_events_removed", "dead_letters_removed"):
         assert f"| `retention.{name}` |" in text
     for name in ("format", "state_id", "closed_until_us", "partitions.*.end", "incomplete"):

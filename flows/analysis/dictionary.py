@@ -143,6 +143,19 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
         "Absent from manifests written before it existed.",
     ),
     (
+        "counts.reread",
+        "integer",
+        "Messages an earlier run counted, read again to rebuild a lost state: in no other "
+        "count, so `messages = counted + skipped + duplicates + late + dead_letters + "
+        "before_start + reread`.",
+    ),
+    (
+        "rebuild",
+        "object or null",
+        "Why the run rebuilt its state (`reason`), the offsets it found gone from the topic "
+        "(`lost`) and the windows it could not complete (`incomplete`); null when it did not.",
+    ),
+    (
         "gaps",
         "array of {partition, detail}",
         "Offsets that could not be read: lost to retention, or a saved offset past the end "
