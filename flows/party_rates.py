@@ -19,6 +19,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 
 from flows.core.items import CLOCK, FLOW_ID, KAFKA, BatchResult, FlushTick, Report, RollupPart
+from flows.edges.layout import require_current
 from flows.edges.manifest import ManifestSink
 from flows.edges.metrics import METRICS, serve_with_bytewax
 from flows.edges.sinks import DEAD_LETTERS, LATE_EVENTS, ParquetSink, route, window_datasets
@@ -69,7 +70,9 @@ def build_flow(
     rollups, shards = rules.rollups, rules.shards
     if view is None:
         plan = StateDir(run.state).rebuild_plan()
-        view = view_of(read_record(storage), plan, datasets(w, rollups), horizon)
+        record = read_record(storage)
+        require_current(storage, record)  # party-rates run migrates an older layout
+        view = view_of(record, plan, datasets(w, rollups), horizon)
     if source is None:
         start = StateDir(run.state).start(rules)
         source = TopicSource(kafka, rules, start, follow=run.follow, failpoints=failpoints)

@@ -124,7 +124,7 @@ def _run_job(settings: Settings, failpoints: Failpoints, quiet: bool) -> dict[st
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from flows.edges import recovery, stopping
+    from flows.edges import recovery, retention, stopping
     from flows.edges.source import TopicSource, end_offsets, list_partitions, start_offsets
     from flows.edges.statedir import StateDir
     from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
@@ -147,7 +147,7 @@ def _run_job(settings: Settings, failpoints: Failpoints, quiet: bool) -> dict[st
 
     with state.locked(cluster.process_id):
         # 1. the run's own checks
-        if cluster.first and storage.exists(f"_runs/{run.run_id}.json"):
+        if cluster.first and retention.run_exists(storage, run.run_id):
             raise SettingsError(f"a run with id {run.run_id!r} already exists")
         check_kafka_settings(settings)
         check_metrics_settings(settings)
@@ -221,6 +221,7 @@ def _run_job(settings: Settings, failpoints: Failpoints, quiet: bool) -> dict[st
                     state, storage, view, topic=kafka.topic, rules=rules, run_id=run.run_id,
                     processes=cluster.count,
                 )  # fmt: skip
+                retention.apply(storage, run.retain, run.run_id)  # --retain
         commit_final_positions(settings, state, storage, failpoints, settled=True)
         if failures:
             raise StorageError(f"{failures[0]}; the next run writes what is missing")

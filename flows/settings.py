@@ -406,6 +406,21 @@ class RunSettings(Part):
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text, or as JSON lines for a log pipeline"
     )
+    retain: Duration | None = Field(
+        None,
+        description="fold run manifests older than this into monthly archives and delete "
+        "late-event and dead-letter files not written to for this long, at least 1d "
+        "(left out: keep all)",
+    )
+
+    @field_validator("retain")
+    @classmethod
+    def _retain(cls, v: int | None) -> int | None:
+        if v is not None and v < DAY_US:
+            raise ValueError(
+                f"{duration_label(v)} is less than a day (1d); leave it out to keep all"
+            )
+        return v
 
     @field_validator("state")
     @classmethod

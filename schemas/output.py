@@ -51,18 +51,18 @@ def _f(
     return pa.field(name, type_, nullable=nullable, metadata=metadata)
 
 
-RATES_PARTITION_SCHEMA = pa.schema(
-    [
-        _f(
-            "namespace",
-            pa.string(),
-            "Game namespace the events belong to (envelope `namespace`).",
-            combine="key",
-        ),
-        _f("date", pa.date32(), "UTC date of `window_start`.", combine="first"),
-    ]
+NAMESPACE_FIELD = _f(
+    "namespace",
+    pa.string(),
+    "Game namespace the events belong to (envelope `namespace`).",
+    False,
+    combine="key",
 )
-"""Hive partition columns of ``party_rates/``: in the directory names only."""
+DATE_FIELD = _f("date", pa.date32(), "UTC date of `window_start`.", False, combine="first")
+
+RATES_PARTITION_SCHEMA = pa.schema([NAMESPACE_FIELD, DATE_FIELD])
+"""The two columns of a windowed dataset that are not measures of the window: the namespace
+and the UTC date of ``window_start``. Where each is stored depends on the layout (below)."""
 
 RATES_FILE_SCHEMA = pa.schema(
     [
@@ -155,17 +155,21 @@ RATES_FILE_SCHEMA = pa.schema(
 """Columns stored in each ``party_rates`` Parquet file."""
 
 RATES_SCHEMA = pa.schema(list(RATES_PARTITION_SCHEMA) + list(RATES_FILE_SCHEMA))
-"""What a reader of ``party_rates/`` sees: partition columns first, then the file columns."""
+"""What a reader of ``party_rates/`` sees: namespace and date first, then the measures."""
 
 
 def __getattr__(name: str) -> Any:
-    # RATES_PARTITIONING, built on first use: pyarrow.dataset is slow to import and the
-    # job itself does not need it.
-    if name == "RATES_PARTITIONING":
-        import pyarrow.dataset as ds
+    # The partitionings, built on first use: pyarrow.dataset is slow to import and the job
+    # itself does not need it.
+    fields = {
+        "RATES_PARTITIONING": RATES_PARTITION_SCHEMA,  # format 1: namespace=/date= directories
+        "DATE_PARTITIONING": pa.schema([DATE_FIELD]),  # format 2, shorter windows: date=
+    }
+    if name not in fields:
+        raise AttributeError(name)
+    import pyarrow.dataset as ds
 
-        return ds.partitioning(RATES_PARTITION_SCHEMA, flavor="hive")
-    raise AttributeError(name)
+    return ds.partitioning(fields[name], flavor="hive")
 
 
 LATE_EVENTS_SCHEMA = pa.schema(
@@ -285,3 +289,68 @@ OUTCOMES_SCHEMA = pa.schema(list(RATES_PARTITION_SCHEMA) + list(OUTCOMES_FILE_SC
 RATES_KEY = ("namespace", "window_start")
 LATE_KEY = ("partition", "offset")
 DEAD_KEY = ("partition", "offset")
+
+
+# --- the layout ---------------------------------------------------------------------------
+
+OUTPUT_FORMAT = 2
+"""The layout of the output, recorded in its ``_table.json`` (``format``); an output without
+one is in format 1.
+
+* **1**: one Parquet file per ``namespace=<ns>/date=<YYYY-MM-DD>/`` directory of each windowed
+  dataset (``RATES_FILE_SCHEMA`` or ``OUTCOMES_FILE_SCHEMA``: namespace and date in the path).
+* **2**: the number of files grows with days, not with namespaces. A dataset of windows
+  shorter than a day has one file per UTC date, ``<dataset>/date=<YYYY-MM-DD>/part-0.parquet``
+  (the date in the path, the namespace a column); one of windows of a day or longer (the day
+  roll-ups) one file per UTC month of ``window_start``,
+  ``<dataset>/month=<YYYY-MM>/part-0.parquet`` (namespace and date both columns). Rows are
+  sorted by (namespace, window_start); a row group holds whole namespaces (about
+  :data:`ROW_GROUP_ROWS` rows), so a reader filtering on ``namespace`` reads only the row
+  group its statistics point to.
+"""
+
+DAY_US = 86_400_000_000
+ROW_GROUP_ROWS = 2048
+"""Rows a row group of a windowed dataset grows to before the next namespace starts a new one."""
+
+DATA_FILE = "part-0.parquet"
+
+
+def monthly(window_us: int) -> bool:
+    """Whether a dataset of windows this long has one file per month (else one per date)."""
+    return window_us >= DAY_US
+
+
+def window_file_schema(measures: pa.Schema, window_us: int) -> pa.Schema:
+    """The columns of a format-2 file of a windowed dataset: the namespace, the date too in a
+    monthly file (a daily file has it in its path), then ``measures``."""
+    keys = [NAMESPACE_FIELD, DATE_FIELD] if monthly(window_us) else [NAMESPACE_FIELD]
+    return pa.schema(keys + list(measures))
+
+
+def window_dir(window_us: int, day: Any) -> str:
+    """The partition directory of a format-2 file: ``date=YYYY-MM-DD`` or ``month=YYYY-MM``."""
+    if monthly(window_us):
+        return f"month={day.year:04d}-{day.month:02d}"
+    return f"date={day.isoformat()}"
+
+
+# --- folded run manifests -----------------------------------------------------------------
+
+RUNS_ARCHIVE_SCHEMA = pa.schema(
+    [
+        _f("run_id", pa.string(), "The run's id (its manifest's `run_id`).", False),
+        _f("started_at", pa.string(), "The manifest's `started_at` (ISO 8601, UTC).", False),
+        _f("manifest", pa.string(), "The run's whole manifest, as JSON.", False),
+    ]
+)
+"""``_runs/archive/<YYYY-MM>.parquet``: the manifests of the runs that started in that UTC
+month and are older than ``--retain``, folded into one file (one row per run)."""
+
+
+RUNS_ARCHIVE_DIR = "_runs/archive"
+
+
+def runs_archive(started_at: str) -> str:
+    """The archive file (relative to the output) of a run that started at ``started_at``."""
+    return f"{RUNS_ARCHIVE_DIR}/{started_at[:7]}.parquet"

@@ -138,16 +138,17 @@ def rollups_for(window_us: int, rollups_us: tuple[int, ...] | None = None) -> tu
 
 
 def _load(output: Path, dataset: str, schema: Any) -> pd.DataFrame:
-    """A per-window dataset read back as pandas, with the contract's schema."""
-    import pyarrow.dataset as ds
+    """A per-window dataset read back as pandas, with the contract's schema, from the files
+    of the layout the output's record names."""
+    from flows.analysis import load_disconnect_outcomes_table, load_party_rates_table
 
-    from schemas.output import RATES_PARTITIONING
-
-    path = output / dataset
-    if not path.exists():
-        return schema.empty_table().to_pandas()
-    table = ds.dataset(path, schema=schema, format="parquet", partitioning=RATES_PARTITIONING)
-    return table.to_table().to_pandas()
+    rates = dataset.startswith("party_rates")
+    base = "party_rates" if rates else "disconnect_outcomes"
+    rollup = dataset[len(base) + 1 :] or None
+    load = load_party_rates_table if rates else load_disconnect_outcomes_table
+    table = load(output, rollup=rollup)
+    assert table.schema.names == schema.names
+    return table.to_pandas()
 
 
 def job_outcomes(
@@ -444,3 +445,14 @@ def start_slow_run(bootstrap: str, topic: str, out: Path, state: Path, *extra: s
     epoch = snapshotted_epoch(state)
     assert epoch >= 2, f"the run committed {epoch} snapshots in {timeout}s, not the two awaited"
     return proc
+
+
+def prepare(settings: Any, state: Any, storage: Any, bounds: Any) -> Any:
+    """What ``party-rates run`` does first against the output and the state
+    (flows.edges.recovery.prepare), from whole settings."""
+    from flows.edges import recovery
+
+    return recovery.prepare(
+        state, storage, bounds, topic=settings.kafka.topic, rules=settings.rules,
+        recompute=settings.storage.recompute, run_id=settings.run.run_id,
+    )  # fmt: skip

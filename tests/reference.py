@@ -18,8 +18,8 @@ The rules, as the README states them ("How it decides", "The output contract"):
   its name); an object whose
   ``name`` is a string other than the four is skipped; the envelope's fields have the types
   of the topic's page (strict: no bool for an integer, no float); ``namespace`` and ``id``
-  are not empty; the namespace, percent-encoded, fits a 200-byte ``namespace=…`` directory
-  name; the event time is ``timestampUnixNano`` (ns) when present, else ``timestamp``
+  are not empty (of any length: the namespace is a column of the output, no part of a
+  path); the event time is ``timestampUnixNano`` (ns) when present, else ``timestamp``
   (RFC 3339, fractional digits truncated to µs), within [2000-01-01, 2100-01-01).
 * Per partition, in offset order: an event before the state's start (``--start-at``, the
   first window boundary at or after its time) is ``before_start``; an id still remembered
@@ -41,7 +41,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -51,7 +50,6 @@ DISCONNECTED, REJOINED, DROPPED, REJECTED = NAMES
 NAME_STRINGS = tuple(f'"{n}"'.encode() for n in NAMES)
 MATCH_ORDER = {DISCONNECTED: 0, REJOINED: 1, DROPPED: 2}  # at equal times
 MAX_DEPTH = 200
-MAX_SEGMENT = 200
 LOW_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 10**6
 HIGH_US = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp()) * 10**6
 STR_FIELDS = ("parentNamespace", "timestamp", "userId", "traceId", "sessionId", "spanContext")
@@ -187,8 +185,6 @@ def classify(value: bytes | None) -> tuple[str, Any]:
     ns, event_id = doc["namespace"], doc["id"]
     if not ns or not event_id:
         return "dead", "empty namespace or id"
-    if len("namespace=" + quote(ns, safe="")) > MAX_SEGMENT:
-        return "dead", "namespace too long"
     if doc.get("timestampUnixNano") is not None:
         t_us: int | None = doc["timestampUnixNano"] // 1000
     elif doc.get("timestamp") is not None:

@@ -740,9 +740,11 @@ def test_data_dictionary_covers_every_column_and_manifest_field() -> None:
         assert f"| `counts.{name}` |" in text
     assert "| `group_commit_error` |" in text
     assert "| `rebuild` |" in text
-    assert len(MANIFEST_FIELDS) == 21
-    for name in ("format", "settings", "state_id", "closed_until", "incomplete"):
-        assert f"| `{name}` |" in text.split("## `_table.json`")[1]
+    assert len(MANIFEST_FIELDS) == 26
+    for name in ("older_than", "manifests_folded", "late_events_removed", "dead_letters_removed"):
+        assert f"| `retention.{name}` |" in text
+    for name in ("format", "state_id", "closed_until_us", "partitions.*.end", "incomplete"):
+        assert f"`{name}`" in text
     assert "same" in text and "inactive timeout" in text and "invitation" in text
 
 

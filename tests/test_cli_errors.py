@@ -33,6 +33,7 @@ def _one_clear_line(stderr: str) -> str:
         ("--pushgateway", "localhost:9091", "pushgateway"),
         ("--metrics-file", "metrics.txt", "metrics-file"),
         ("--metrics-port", "70000", "metrics-port"),
+        ("--retain", "12h", "less than a day"),
     ],
 )
 def test_bad_setting_stops_with_one_line(tmp_path: Path, flag: str, value: str, word: str) -> None:

@@ -168,8 +168,9 @@ def test_split_runs_equal_one_run(broker, tmp_path: Path, seed: int) -> None:
         spans = [(m["partitions"][p]["from"], m["partitions"][p]["to"]) for m in manifests]
         assert spans[0][0] == 0
         assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
-    # Repeated runs do not pile up files: one per namespace/date partition.
-    for directory in (tmp_path / "split" / "party_rates").glob("*/*"):
+    # Repeated runs do not pile up files: one per date, whatever the namespaces.
+    for directory in (tmp_path / "split" / "party_rates").iterdir():
+        assert directory.name.startswith("date=")
         assert [f.name for f in directory.iterdir()] == ["part-0.parquet"]
 
 
@@ -386,7 +387,14 @@ def test_multi_day_backlog_matches_reference(broker, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_job(broker.bootstrap, topic, out, tmp_path / "state")
     assert_matches_reference(out, read_topic(broker.bootstrap, topic, 2))
-    assert len({d.name for d in (out / "party_rates").glob("*/*")}) >= 4
+    days = sorted(d.name for d in (out / "party_rates").iterdir())
+    assert len(days) >= 4 and all(d.startswith("date=") for d in days)
+    # one file per day of every namespace (format 2); the day roll-ups one per month
+    assert [f.name for d in days for f in (out / "party_rates" / d).iterdir()] == [
+        "part-0.parquet"
+    ] * len(days)
+    months = {d.name for d in (out / "party_rates_1d").iterdir()}
+    assert "month=2026-11" in months and all(m.startswith("month=") for m in months)
     assert_as_simulated(out, total_counts(out), messages, truth)
     # The comparison above held final day rows: settled days, in both day roll-ups.
     assert job_rows(out, "party_rates_1d")["is_final"].sum() >= 3

@@ -352,13 +352,12 @@ def test_never_raises_on_near_valid_envelopes(
         assert isinstance(result, Event)
 
 
-def test_namespace_too_long_for_a_path_is_a_dead_letter() -> None:
-    from flows.core.paths import MAX_SEGMENT_BYTES, hive_segment
+def test_a_namespace_too_long_for_a_directory_name_is_counted() -> None:
+    """The namespace is a column of the output, not a directory (output format 2)."""
+    from urllib.parse import quote
 
-    long_ns = "名" * 30  # 30 characters, 270 bytes once percent-encoded
-    assert len(hive_segment("namespace", long_ns)) > MAX_SEGMENT_BYTES
-    value = dumps(envelope(namespace=long_ns))
-    result = classify(value)
-    assert isinstance(result, str)
-    assert "too long" in result
-    assert isinstance(classify(dumps(envelope(namespace="名" * 10))), Event)
+    long_ns = "名" * 3000  # 27,000 bytes once percent-encoded
+    assert len(quote(long_ns, safe="")) > 255
+    result = classify(dumps(envelope(namespace=long_ns)))
+    assert isinstance(result, Event)
+    assert result.namespace == long_ns

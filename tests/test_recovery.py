@@ -210,16 +210,21 @@ def test_lost_state_and_trimmed_topic_keep_every_final_row(tmp_path: Path, uncut
 
 
 def test_a_state_of_the_previous_format_continues(tmp_path: Path, uncut: Path) -> None:
-    """A state (and output) written by the version with STATE_FORMAT 4, continued by this
-    one: the output equals an uninterrupted run's."""
+    """A state (and output, in format 1: one file per namespace=/date= directory) written
+    by the version with STATE_FORMAT 4, continued by this one: the output is migrated to
+    format 2 and equals an uninterrupted run's."""
     shutil.copytree(FIXTURE / "state", tmp_path / "state")
     shutil.copytree(FIXTURE / "output", tmp_path / "out")
     meta_file = tmp_path / "state" / META
     meta = json.loads(meta_file.read_text())
     assert meta["format"] == 4
     meta_file.write_text(json.dumps(meta | {"output": str(tmp_path / "out")}))
+    assert list((tmp_path / "out").glob("*/namespace=*"))
     run(tmp_path, WHOLE, "next")
     assert json.loads(meta_file.read_text())["format"] == 5
+    assert not list((tmp_path / "out").glob("*/namespace=*"))
+    record = read_record(Storage(str(tmp_path / "out")))
+    assert record is not None and record.format == 2 and record.run_id == "next"
     assert_same_as(tmp_path / "out", uncut)
 
 

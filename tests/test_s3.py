@@ -20,8 +20,9 @@ from flows.analysis import (
     load_party_rates,
 )
 from flows.edges.storage import S3Target, Storage, StorageError
+from flows.settings import Settings
 from flows.tooling.simulator import SimConfig, chunks, generate, produce
-from tests.helpers import _normalise, assert_same_rows, job_rows, run_cli, run_job
+from tests.helpers import _normalise, assert_same_rows, job_rows, prepare, run_cli, run_job
 from tests.s3server import S3Server, seaweedfs_s3
 from tests.test_cli_errors import _one_clear_line
 
@@ -78,8 +79,8 @@ def test_split_runs_to_s3_equal_a_local_run(broker, s3: S3Server, tmp_path: Path
         )
         assert_same_rows(got, want)
 
-    # The objects as S3 lists them: each written by one PUT, one data file per
-    # namespace=/date= prefix, no directory markers, no temporary objects.
+    # The objects as S3 lists them: each written by one PUT, one data file per date=
+    # prefix (format 2), no directory markers, no temporary objects.
     objects = s3.list_objects(bucket, prefix + "/")
     keys = sorted(objects)
     assert not [k for k, etag in objects.items() if "-" in etag]  # single PUTs, no multipart
@@ -87,6 +88,7 @@ def test_split_runs_to_s3_equal_a_local_run(broker, s3: S3Server, tmp_path: Path
     per_partition = Counter(posixpath.dirname(k) for k in rates)
     assert per_partition and set(per_partition.values()) == {1}
     assert {posixpath.basename(k) for k in rates} == {"part-0.parquet"}
+    assert all(posixpath.basename(posixpath.dirname(k)).startswith("date=") for k in rates)
     assert all(k.endswith((".parquet", ".json")) for k in keys), keys
     assert not [k for k in keys if posixpath.basename(k).startswith(".") or k.endswith("/")]
 
@@ -167,6 +169,22 @@ def test_storage_on_s3(s3: S3Server) -> None:
     assert list(storage.list_files("t")) == ["t/k=1/part-0.parquet"]
     assert storage.remove_stale_temp_files() == 0
     assert s3.list_keys(bucket) == ["a/b/_runs/x.json", "a/b/t/k=1/part-0.parquet"]
+    assert storage.list_dir("") == [("_runs", True), ("t", True)]
+    assert storage.list_dir("t") == [("k=1", True)]
+    ((name, mtime),) = storage.files_in("_runs")
+    assert name == "_runs/x.json" and mtime is not None and mtime.tzinfo is not None
+    assert storage.parquet_rows("t/k=1/part-0.parquet") == 1
+    storage.write_table("t/k=2/part-0.parquet", pa.table({"n": [4]}, schema=schema))
+    storage.delete_dir("t/k=1")
+    storage.delete_dir("t/k=9")  # already gone: no error
+    storage.delete_file("_runs/x.json")
+    storage.delete_file("_runs/x.json")
+    # pyarrow leaves an empty marker object for the parent of what it deletes (no option
+    # turns it off): a key ending with "/", which listings and readers take for a directory
+    left = s3.list_keys(bucket)
+    assert [k for k in left if not k.endswith("/")] == ["a/b/t/k=2/part-0.parquet"]
+    assert storage.list_dir("") == [("_runs", True), ("t", True)]
+    assert list(storage.list_files("")) == ["t/k=2/part-0.parquet"]
 
     wrong = S3Target.parse(
         f"s3://{bucket}/a", endpoint=s3.endpoint, access_key=s3.access_key,
@@ -192,3 +210,41 @@ def test_unusable_s3_settings_fail_on_first_use(uri: str, settings: dict, word: 
     with pytest.raises(StorageError, match=word) as err:
         storage.exists("x")
     assert "hunter2" not in str(err.value) and "hunter2" not in repr(storage)
+
+
+def test_a_format_1_output_on_s3_is_migrated(s3: S3Server, tmp_path: Path) -> None:
+    """The format-1 output kept beside the state of format 4, in an object store: moved to
+    format 2 by the first start, nothing of format 1 left, the same rows read back."""
+    import shutil
+
+    from flows.edges.statedir import META, StateDir
+    from tests.test_migration import DATASETS, assert_same_frames, frames
+    from tests.test_recovery import FIXTURE, WHOLE
+
+    bucket = s3.new_bucket_name()
+    uri = f"s3://{bucket}/old"
+    settings = Settings(
+        output=uri, state=str(tmp_path / "state"), progress="off", group_id="",
+        s3_endpoint=s3.endpoint, s3_access_key=s3.access_key,
+        s3_secret_key=SecretStr(s3.secret_key),
+    )  # fmt: skip
+    storage = Storage.for_output(settings.storage)
+    for path in sorted((FIXTURE / "output").rglob("*")):
+        if path.is_file():
+            storage.write_bytes(path.relative_to(FIXTURE / "output").as_posix(), path.read_bytes())
+    shutil.copytree(FIXTURE / "state", tmp_path / "state")
+    meta = json.loads((tmp_path / "state" / META).read_text())
+    (tmp_path / "state" / META).write_text(json.dumps(meta | {"output": uri}))
+    fs = s3.filesystem()
+    want = frames(FIXTURE / "output")
+    bounds = {p: (m[0].offset(), m[-1].offset() + 1) for p, m in WHOLE.items()}
+    prepare(settings, StateDir(settings.run.state), storage, lambda: bounds)
+    keys = s3.list_keys(bucket)
+    assert not [k for k in keys if "namespace=" in k]
+    assert len([k for k in keys if k.endswith("/part-0.parquet")]) == len(DATASETS)
+    got = {}
+    for dataset in DATASETS:
+        load = load_party_rates if dataset.startswith("party_rates") else load_disconnect_outcomes
+        rollup = dataset.split("_")[-1] if dataset[-2:] in ("1h", "1d") else None
+        got[dataset] = _normalise(load(f"{bucket}/old", filesystem=fs, rollup=rollup))
+    assert_same_frames(got, {d: _normalise(f) for d, f in want.items()})

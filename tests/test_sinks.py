@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from flows.edges.sinks import DEAD_LETTERS, RATES, ParquetSink, write_merged
+from flows.edges.sinks import DEAD_LETTERS, ParquetSink, window_dataset, write_merged
 from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
+from schemas.output import RATES_FILE_SCHEMA
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+RATES = window_dataset("party_rates", RATES_FILE_SCHEMA, 5 * 60_000_000)
 
 
 def _rate(disconnected: int, is_final: bool, start: datetime = T0) -> dict:
@@ -147,7 +150,7 @@ def test_stale_temporary_files_are_removed_and_real_files_kept(tmp_path: Path) -
 
 
 class BrokenStorage(Storage):
-    def write_tables(self, tables: object) -> None:
+    def write_tables(self, tables: object, write: object = None) -> None:
         raise StorageError("object store s3://b/p: cannot connect (check --s3-endpoint)")
 
 
@@ -165,3 +168,96 @@ def test_a_write_failing_at_the_end_of_a_run_is_reported_not_raised(tmp_path: Pa
         "object store s3://b/p: cannot connect (check --s3-endpoint)"
     ]
     assert take_end_of_run_failures() == []
+
+
+# --- format 2: a file per date (per month for day roll-ups), every namespace in it -------
+
+DAY_US = 86_400_000_000
+RATES_1D = window_dataset("party_rates_1d", RATES_FILE_SCHEMA, DAY_US)
+
+
+def _row(spec_row: dict, namespace: str, **changes: object) -> dict:
+    return spec_row | {"namespace": namespace} | changes
+
+
+def test_every_namespace_of_a_day_goes_to_one_file_in_key_order(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    later = T0 + timedelta(minutes=5)
+    rows = [_row(_rate(1, True, s), ns) for ns in ("zz", "a/b", "m") for s in (later, T0)]
+    assert {RATES.relpath(r) for r in rows} == {"party_rates/date=2026-11-27/part-0.parquet"}
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in rows], RATES)
+    got = [(r["namespace"], r["window_start"]) for r in _read(storage, RATES_FILE)]
+    assert got == sorted(got) and len(got) == 6
+
+
+def test_day_rollups_go_to_one_file_per_month_with_their_date(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    days = [T0.replace(hour=0) + timedelta(days=d) for d in (0, 3, 5)]  # Nov 27 to Dec 2
+    rows = [_rate(1, True, d) | {"window_end": d + timedelta(days=1)} for d in days]
+    files = sorted({RATES_1D.relpath(r) for r in rows})
+    assert files == [
+        "party_rates_1d/month=2026-11/part-0.parquet",
+        "party_rates_1d/month=2026-12/part-0.parquet",
+    ]
+    for relpath in files:
+        mine = [RATES_1D.file_row(r) for r in rows if RATES_1D.relpath(r) == relpath]
+        write_merged(storage, relpath, mine, RATES_1D)
+    november = _read(storage, files[0])
+    assert [(r["namespace"], r["date"]) for r in november] == [
+        ("ns", date(2026, 11, 27)),
+        ("ns", date(2026, 11, 30)),
+    ]
+
+
+def test_one_namespace_final_row_kept_while_another_provisional_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """The merge decides per key (namespace, window_start) over the whole day's file."""
+    from flows.edges.metrics import METRICS
+
+    storage = Storage(str(tmp_path))
+    first = [_row(_rate(3, True), "a"), _row(_rate(1, False), "b"), _row(_rate(7, True), "c")]
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in first], RATES)
+    kept_before = METRICS.kept_rows.get("party_rates", 0)
+    again = [_row(_rate(9, True), "a"), _row(_rate(2, True), "b")]  # "a" is final already
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in again], RATES)
+    got = {r["namespace"]: (r["disconnected"], r["is_final"]) for r in _read(storage, RATES_FILE)}
+    assert got == {"a": (3, True), "b": (2, True), "c": (7, True)}
+    assert METRICS.kept_rows.get("party_rates", 0) == kept_before + 1  # a different final row
+
+
+def test_a_recompute_replaces_final_rows_by_final_ones_only(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    recompute = window_dataset("party_rates", RATES_FILE_SCHEMA, 5 * 60_000_000, True)
+    write_merged(
+        storage, RATES_FILE, [RATES.file_row(_row(_rate(3, True), n)) for n in "ab"], RATES
+    )
+    new = [_row(_rate(5, True), "a"), _row(_rate(1, False), "b")]
+    write_merged(storage, RATES_FILE, [recompute.file_row(r) for r in new], recompute)
+    got = {r["namespace"]: (r["disconnected"], r["is_final"]) for r in _read(storage, RATES_FILE)}
+    assert got == {"a": (5, True), "b": (3, True)}
+
+
+def test_row_groups_hold_whole_namespaces(tmp_path: Path) -> None:
+    """A row group ends where a namespace does once it has ROW_GROUP_ROWS rows, so each
+    namespace's rows are in one row group, found by its statistics."""
+    from schemas.output import ROW_GROUP_ROWS
+
+    storage = Storage(str(tmp_path))
+    rows = [
+        _row(_rate(1, True, T0.replace(hour=0) + timedelta(minutes=5 * w)), f"ns-{n:02d}")
+        for n in range(30)
+        for w in range(288)
+    ]
+    write_merged(storage, RATES_FILE, [RATES.file_row(r) for r in rows], RATES)
+    meta = pq.ParquetFile(tmp_path / RATES_FILE).metadata
+    assert meta.num_row_groups > 1
+    spans = []
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = group.column(0).statistics
+        spans.append((stats.min, stats.max))
+        assert group.num_rows % 288 == 0  # whole namespaces
+        assert group.num_rows >= ROW_GROUP_ROWS or i == meta.num_row_groups - 1
+        assert group.sorting_columns[0].column_index == 0  # sorted by namespace
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(spans))

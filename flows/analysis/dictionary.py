@@ -22,9 +22,11 @@ from schemas.output import (
     LATE_EVENTS_SCHEMA,
     LATE_KEY,
     OUTCOMES_SCHEMA,
+    OUTPUT_FORMAT,
     RATES_KEY,
-    RATES_PARTITION_SCHEMA,
     RATES_SCHEMA,
+    ROW_GROUP_ROWS,
+    RUNS_ARCHIVE_SCHEMA,
 )
 
 UNITS: dict[str, str] = {
@@ -121,8 +123,8 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
     (
         "counts",
         "object",
-        "What happened to the messages read: `messages = counted + skipped + duplicates + "
-        "late + dead_letters + before_start + reread`.",
+        "What happened to the messages read: "
+        "`messages = counted + skipped + duplicates + late + dead_letters + before_start`.",
     ),
     ("counts.messages", "integer", "Messages read."),
     ("counts.counted", "integer", "Events of the four Party names counted in a window."),
@@ -143,16 +145,15 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
     (
         "counts.reread",
         "integer",
-        "Messages an earlier run counted, read again to rebuild a lost or changed state: "
-        "counted there, not here (each message is in one manifest's other counts). Absent "
-        "from manifests written before it existed.",
+        "Messages an earlier run counted, read again to rebuild a lost state: in no other "
+        "count, so `messages = counted + skipped + duplicates + late + dead_letters + "
+        "before_start + reread`.",
     ),
     (
         "rebuild",
         "object or null",
-        "Why this run rebuilt its state from the output's record (`reason`), the offsets it "
-        "found gone from the topic (`lost`), and the windows it could not complete "
-        "(`incomplete`, as in `_table.json`); null when it did not rebuild.",
+        "Why the run rebuilt its state (`reason`), the offsets it found gone from the topic "
+        "(`lost`) and the windows it could not complete (`incomplete`); null when it did not.",
     ),
     (
         "gaps",
@@ -166,74 +167,97 @@ MANIFEST_FIELDS: list[tuple[str, str, str]] = [
         "Why committing read positions to the consumer group failed, if it did (the run "
         "went on); null otherwise. Absent from manifests written before it existed.",
     ),
+    (
+        "retention",
+        "object or absent",
+        "What the run's `--retain` removed at its end; absent without `--retain`.",
+    ),
+    (
+        "retention.older_than",
+        "string (ISO 8601, UTC)",
+        "Files last written before this were folded or deleted (the run's end less the retention).",
+    ),
+    (
+        "retention.manifests_folded",
+        "integer",
+        "Manifests folded into `_runs/archive/` (and deleted as files of their own).",
+    ),
+    (
+        "retention.late_events_removed",
+        "integer",
+        "Rows of the `late_events/` files deleted.",
+    ),
+    (
+        "retention.dead_letters_removed",
+        "integer",
+        "Rows of the `dead_letters/` files deleted.",
+    ),
 ]
 """Fields of ``_runs/<run_id>.json``."""
 
 RECORD_FIELDS: list[tuple[str, str, str]] = [
-    ("format", "integer", "Format of the output (its layout): 1, the layout above."),
+    (
+        "format",
+        "integer",
+        f"The layout of the output's files: {OUTPUT_FORMAT} (this version's; see above). An "
+        "output without a record is in format 1 (one file per `namespace=<ns>/date=` "
+        "directory); the first run of this version moves it.",
+    ),
     (
         "settings",
         "object",
-        "The settings that give the rows their meaning, fixed for the life of the output: "
-        "`topic`, `window`, `allowed_lateness`, `outcome_horizon`, `dedup_horizon` (each also "
-        "in microseconds, `…_us`) and `start_at`. A run with another value is refused.",
+        "What gives the rows their meaning, fixed for the life of the output: `topic`, "
+        "`window_us`, `allowed_lateness_us`, `outcome_horizon_us`, `dedup_horizon_us`, "
+        "`start_at`, and the durations as labels (`window`, …).",
     ),
     (
         "rollups",
         "object",
-        "Each roll-up length the output holds (`1h`, `1d`, …) and the first window start it is "
-        "complete from (null: from the beginning; later for a length added to an existing "
-        "output, whose older windows stay absent).",
+        "Per roll-up length (`1h`, …), the first window start (µs since the epoch) it is "
+        "complete from; null: from the beginning.",
     ),
-    ("state_id", "string", "The state that writes the output: another one is refused."),
-    ("state_format", "integer", "Format of that state when the record was written."),
-    ("run_id", "string", "The run that wrote the record."),
+    ("state_id", "string", "The state that writes the output; another one is refused."),
+    ("state_format", "integer", "The format of that state."),
+    (
+        "run_id",
+        "string",
+        "The run that wrote the record; empty in a record written by a migration of an "
+        "output that had none (it claims no rows: `partitions` is empty).",
+    ),
     ("written_at", "string (ISO 8601, UTC)", "When the record was written."),
     (
-        "closed_until",
-        "string (RFC 3339, UTC) or null",
+        "closed_until_us, closed_until",
+        "integer or null, string or null",
         "Windows ending at or before it are final (outcome windows an outcome horizon "
-        "later); `closed_until_us` in microseconds. Null while no window is final.",
+        "later); µs since the epoch, and as text.",
     ),
     (
-        "watermark",
-        "string (RFC 3339, UTC) or null",
-        "The watermark the final rows were made under; `watermark_us` in microseconds.",
+        "watermark_us, watermark",
+        "integer or null, string or null",
+        "The watermark when the record was written.",
+    ),
+    (
+        "partitions",
+        "object",
+        "Per Kafka partition (key: its number as a string), what the final rows cover.",
     ),
     (
         "partitions.*.end",
         "integer",
-        "Per Kafka partition: every message before this offset is reflected in the output.",
+        "Every message before this offset is reflected in the output.",
     ),
+    ("partitions.*.max_t_us", "integer or null", "The newest event time counted before it."),
+    ("partitions.*.origin", "integer", "Where the output began reading the partition."),
     (
-        "partitions.*.max_t_us",
-        "integer or null",
-        "The newest event time (microseconds) counted in the partition before `end`.",
-    ),
-    (
-        "partitions.*.origin",
-        "integer",
-        "The offset where the output began reading the partition.",
-    ),
-    (
-        "partitions.*.rebuild",
-        "object or null",
-        "Where a lost state reads the partition again from: `offset`, `max_before` (the "
-        "newest event time before it) and `exact_from` (from there every decision is the lost "
-        "state's); null: from `origin`.",
-    ),
-    (
-        "partitions.*.marks",
-        "array of [bucket, offset, max before]",
-        "Where the partition's newest event time entered each window-length bucket since "
-        "`rebuild`: tells how much a trimmed topic lost.",
+        "partitions.*.rebuild, partitions.*.marks, partitions.*.marks_complete",
+        "object or null, array, boolean",
+        "Where a lost state reads the partition again from.",
     ),
     (
         "incomplete",
         "array of {dataset, from_us, until_us, reason}",
-        "Windows (their starts in `[from_us, until_us)`) that could not be completed: their "
-        "events were gone from the topic when a state was rebuilt, or they began before a "
-        "roll-up length was added. No run writes them; a row the output held stays as it was.",
+        "Windows (by start, `[from_us, until_us)`) that could not be completed because "
+        "their events were gone from the topic when a state was rebuilt: no run writes them.",
     ),
 ]
 """Fields of ``_table.json``."""
@@ -272,10 +296,14 @@ ROLLUPS = """\
 `party_rates_<length>/` and `disconnect_outcomes_<length>/` (`party_rates_1h/`,
 `party_rates_1d/`, `disconnect_outcomes_1h/`, `disconnect_outcomes_1d/`, …) are the same
 datasets over longer windows, written by the job beside the 5-minute ones when roll-ups are
-on (`--rollups`): the same columns, types, partitioning (`date` is the UTC date of the
-roll-up window's start) and guarantees, one row per (`namespace`, `window_start`) of the
-roll-up window. Counts and ratios can also be had by combining the 5-minute windows as
-above; what only a roll-up has:
+on (`--rollups`): the same columns, types and guarantees (`date` is the UTC date of the
+roll-up window's start), one row per (`namespace`, `window_start`) of the roll-up window.
+A roll-up of windows shorter than a day is laid out as `party_rates/` (a file per date);
+one of a day or longer (`party_rates_1d/`) has one file per UTC month of `window_start`,
+`party_rates_1d/month=<YYYY-MM>/part-0.parquet`, sorted the same way, with `date` a column
+of the file (Hive-partitioned readers add the directory's `month` as a column too). Counts
+and ratios can also be had by combining the 5-minute windows as above; what only a roll-up
+has:
 
 - `users_disconnected` and `parties_affected` are the distinct users and parties of the
   whole roll-up window, each counted once however many of its windows they are in.
@@ -480,10 +508,11 @@ def column_table(dataset: str, schema: pa.Schema, in_path: tuple[str, ...] = ())
     return "\n".join(lines)
 
 
-def _field_table(fields: list[tuple[str, str, str]]) -> str:
+def _fields_table(fields: list[tuple[str, str, str]]) -> str:
     lines = ["| field | type | meaning |", "|---|---|---|"]
     for name, type_, meaning in fields:
-        lines.append(f"| `{name}` | {_cell(type_)} | {_cell(meaning)} |")
+        shown = ", ".join(f"`{n}`" for n in name.split(", "))
+        lines.append(f"| {shown} | {_cell(type_)} | {_cell(meaning)} |")
     return "\n".join(lines)
 
 
@@ -493,7 +522,6 @@ def _key(columns: tuple[str, ...]) -> str:
 
 def render_data_dictionary() -> str:
     """The data dictionary as markdown (ends with one newline)."""
-    partition_columns = tuple(f.name for f in RATES_PARTITION_SCHEMA)
     sections = [
         "# party-rates data dictionary",
         "<!-- Generated from schemas/output.py by `python -m flows.analysis.dictionary`; "
@@ -503,20 +531,26 @@ def render_data_dictionary() -> str:
         "is each field's `description`, which the Parquet files also carry in their schema "
         "metadata.",
         "## `party_rates/`",
-        "`party_rates/namespace=<ns>/date=<YYYY-MM-DD>/part-0.parquet`: one row per "
-        f"({_key(RATES_KEY)}) in the whole dataset. "
-        f"{_key(partition_columns)} are Hive partition columns, in the directory names only, "
-        "URI-encoded (`../x` is `namespace=..%2Fx`): read the dataset with Hive partitioning "
-        "(`pandas.read_parquet(dir)`, `pyarrow.dataset`, DuckDB `hive_partitioning=true`) "
-        "and they come back as columns, decoded.",
-        column_table("party_rates", RATES_SCHEMA, partition_columns),
+        "`party_rates/date=<YYYY-MM-DD>/part-0.parquet` (output format "
+        f"{OUTPUT_FORMAT}): one file per UTC date, holding every namespace's windows that "
+        f"start on it; one row per ({_key(RATES_KEY)}) in the whole dataset. Rows are sorted "
+        "by `namespace`, then `window_start`; a row group holds whole namespaces (about "
+        f"{ROW_GROUP_ROWS:,} rows) and its statistics say which, so a reader filtering on "
+        "`namespace` (pyarrow and pandas `filters`, DuckDB `WHERE`, Polars `filter`) reads "
+        "one row group of each file. `date` is a Hive partition column, in the directory "
+        "name only: read the dataset with Hive partitioning (`pandas.read_parquet(dir)`, "
+        "`pyarrow.dataset`, DuckDB `hive_partitioning = true`, Polars "
+        "`hive_partitioning=True`) and it comes back as a column. (An output of format 1, "
+        "written before, had one file per `namespace=<ns>/date=<YYYY-MM-DD>/` directory; "
+        "the first run of a version that writes format 2 moves it.)",
+        column_table("party_rates", RATES_SCHEMA, ("date",)),
         "### Rate definitions",
         RATE_DEFINITIONS.rstrip("\n"),
         "### Combining windows",
         COMBINING.rstrip("\n"),
         "## `disconnect_outcomes/`",
-        "`disconnect_outcomes/namespace=<ns>/date=<YYYY-MM-DD>/part-0.parquet`, partitioned "
-        "like `party_rates`: one row per (namespace, window of the disconnects). Each "
+        "`disconnect_outcomes/date=<YYYY-MM-DD>/part-0.parquet`, laid out like "
+        "`party_rates`: one row per (namespace, window of the disconnects). Each "
         "PartyDisconnectedEvent opens a disconnect episode for its (namespace, sessionId, "
         "userId); the player's next PartyRejoinedEvent or PartyDroppedEvent at or after it, "
         "within the outcome horizon (`--outcome-horizon`, default 1 h), resolves it. A second "
@@ -528,29 +562,37 @@ def render_data_dictionary() -> str:
         "superseded` once a row is final (an outcome horizon after `window_end`). "
         "`cohort_drop_ratio` is the unbiased counterpart of `party_rates.drop_ratio`: it "
         "follows this window's own disconnects to their outcome.",
-        column_table("disconnect_outcomes", OUTCOMES_SCHEMA, partition_columns),
+        column_table("disconnect_outcomes", OUTCOMES_SCHEMA, ("date",)),
         "## Roll-ups: `party_rates_<length>/`, `disconnect_outcomes_<length>/`",
         ROLLUPS.rstrip("\n"),
         "## `late_events/`",
         "Events of the four counted names that came too late to be counted: more than the "
         "allowed lateness behind the newest event already read from their partition, so their "
         "window may already be final. They are in none of the `party_rates` counts. "
-        f"One row per Kafka message ({_key(LATE_KEY)}).",
+        f"One row per Kafka message ({_key(LATE_KEY)}), in one file per Kafka partition "
+        "and block of 10,000,000 offsets (`p<partition>-b<block>.parquet`); with "
+        "`--retain AGE`, a file not written to for AGE is deleted.",
         column_table("late_events", LATE_EVENTS_SCHEMA),
         "## `dead_letters/`",
         "Messages that name a counted event, or do not even look like a JSON object, but "
         "cannot be used (not JSON, invalid UTF-8, not an object, no namespace, no event id, no "
         "usable event time, wrong field types, tombstones). "
-        f"One row per Kafka message ({_key(DEAD_KEY)}).",
+        f"One row per Kafka message ({_key(DEAD_KEY)}), in files laid out and "
+        "kept as those of `late_events/`.",
         column_table("dead_letters", DEAD_LETTERS_SCHEMA),
         "## `_runs/<run_id>.json`",
         "One JSON manifest per run. Every message read is in exactly one manifest's counts.",
-        _field_table(MANIFEST_FIELDS),
+        _fields_table(MANIFEST_FIELDS),
+        "## `_runs/archive/<YYYY-MM>.parquet`",
+        "With `--retain AGE`, the manifests last written more than AGE ago are folded into "
+        "one file per UTC month of their start, one row per run, and their own files "
+        "deleted; `flows.analysis.load_manifests` reads both (the current run's manifest is "
+        "never folded).",
+        column_table("runs_archive", RUNS_ARCHIVE_SCHEMA),
         "## `_table.json`",
-        "The output's own record: what the table is, the state that writes it and what its "
-        "final rows cover. Rewritten by every run that ends having written all it read, after "
-        "the rows it describes (see the README, Upgrading and recovery).",
-        _field_table(RECORD_FIELDS),
+        "The output's own record, rewritten by every run that ends having written all it "
+        "read, after the rows it describes (README, Upgrading and recovery).",
+        _fields_table(RECORD_FIELDS),
         "## Incidents (`flows.analysis.find_incidents`)",
         INCIDENTS.rstrip("\n"),
         _incident_tables(),

@@ -25,7 +25,6 @@ from flows.core.eventtime import (
     event_time_us,
     parse_rfc3339_us,
 )
-from flows.core.paths import MAX_SEGMENT_BYTES, fits_in_path
 from schemas.events import ENVELOPE_ADAPTER, KIND_OF_NAME, Envelope
 
 NAMES_COUNTED = re.compile(rb'"Party(?:Disconnected|Rejoined|Dropped|Rejected)Event"')
@@ -88,7 +87,7 @@ def parse_candidate(value: bytes) -> Event | str | None:
     if kind is None:
         return None  # another event that merely mentions a counted name
     namespace, event_id, nano = env.namespace, env.id, env.timestampUnixNano
-    if namespace and event_id and (len(namespace) <= 15 or fits_in_path(namespace)):
+    if namespace and event_id:
         try:
             if nano is not None:
                 t_us = nano // 1000
@@ -179,10 +178,6 @@ def _event(
 ) -> Event | str:
     if not namespace:
         return "no namespace: field 'namespace' is empty"
-    # Every dataset is partitioned by namespace: one that cannot be a directory name could
-    # never be written, so it is refused here, with its offset, rather than failing a write.
-    if not fits_in_path(namespace):
-        return f"namespace too long: more than {MAX_SEGMENT_BYTES} bytes once encoded for a path"
     if not event_id:
         return "no event id: field 'id' is empty"
     try:

@@ -1,6 +1,7 @@
 """A run against its output and its state: the checks at the start, the rebuild of a state
-that is missing, unreadable or made for other shards or roll-ups, and the output's record
-written at the end (flows.edges.table).
+that is missing, unreadable or made for other shards or roll-ups, the migration of an
+output of an older layout (flows.edges.layout), and the output's record written at the end
+(flows.edges.table).
 
 How a state and an output are told apart:
 
@@ -25,6 +26,7 @@ from flows.core.eventtime import duration_label
 from flows.core.items import CLOCK, CLOCK_STEP, SOURCE_STEP
 from flows.core.partition import PartitionSnapshot
 from flows.core.watermark import Clock
+from flows.edges import layout
 from flows.edges.metrics import METRICS
 from flows.edges.statedir import STATE_FORMAT, StateDir, StateError, state_meta
 from flows.edges.storage import Storage
@@ -103,7 +105,7 @@ def prepare(
         check_meaning(record, rules_meaning(topic, rules, start_at), storage.uri)
     with state.preparing():
         verdict = state.inspect(want, rules.start_at)
-        if record is None:
+        if record is None or not record.claims:
             if verdict.kind == "rebuild":
                 raise StateError(
                     f"state in {state.path} cannot be used ({verdict.reason}) and the output "
@@ -146,6 +148,11 @@ def prepare(
             state.rebuild(
                 want | {"start_at": start_at}, plan_json(plan, why, run_id), record.state_id
             )
+        # an output of an older layout is migrated before anything is read or written
+        record = layout.migrate(
+            storage, state, record, rules.window, [w.name for w in windows],
+            lambda: unclaimed_record(topic, rules, state),
+        )  # fmt: skip
     view = view_of(record, state.rebuild_plan(), windows, horizon, run_id)
     METRICS.incomplete_windows(incomplete_counts(view.covered.incomplete, windows))
     return view
@@ -154,6 +161,24 @@ def prepare(
 def storage_output(storage: Storage) -> str:
     """The output as the state records it (its ``--output``)."""
     return storage.given
+
+
+def unclaimed_record(topic: str, rules: RulesSettings, state: StateDir) -> TableRecord:
+    """The record of an output that has none, which only says its format and its state: it
+    claims no rows (a run's record, written when the run ends, does)."""
+    meta = state.meta() or {}
+    return TableRecord(
+        format=OUTPUT_FORMAT,
+        settings=rules_meaning(topic, rules, meta.get("start_at", "earliest")),
+        rollups={},
+        state_id=str(meta.get("state_id", "")),
+        state_format=STATE_FORMAT,
+        run_id="",
+        written_at=now_text(),
+        closed_until_us=None,
+        watermark_us=None,
+        partitions={},
+    )
 
 
 def incomplete_counts(incomplete: list[Incomplete], windows: list[Window]) -> dict[str, int]:

@@ -2,16 +2,19 @@
 
 **Idempotent by key.** Every row has a primary key (``namespace, window_start`` for rates,
 ``partition, offset`` for late events and dead letters) and a deterministic file: one file
-per ``namespace=/date=`` partition, one file per Kafka partition and offset block for the
-logs. Writing merges the buffered rows into the file's current rows by key and replaces the
-file atomically. Rows are a deterministic function of the input, so replaying what came
-after the last snapshot (after a crash) rewrites the same rows to the same place: no row
-is ever duplicated and no file is half-written.
+per UTC date (or month, for day roll-ups) of a windowed dataset, whatever its namespaces
+(schemas/output.py, format 2), and one file per Kafka partition and offset block for the
+logs. Writing merges the buffered rows into the file's current rows by key, with Arrow
+compute over the whole file (no per-row Python), and replaces the file atomically. Rows
+are a deterministic function of the input, so replaying what came after the last snapshot
+(after a crash) rewrites the same rows to the same place: no row is ever duplicated and no
+file is half-written.
 
 **Buffered in the snapshot.** Rows wait in the sink partition's state, which is part of
 Bytewax's snapshot, and are written when the run ends (or every flush interval when
 following, or when the buffer is large). A scheduled run over a backlog therefore writes
-each file once.
+each file about once; a scheduled run that keeps up rewrites the current day's file of
+each dataset (and the current month's of the day roll-ups).
 """
 
 from __future__ import annotations
@@ -25,20 +28,26 @@ from operator import itemgetter
 from typing import Any
 from zlib import adler32
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.core.eventtime import EPOCH
 from flows.core.items import FlushTick, Row
+from flows.core.paths import parse_old_window_relpath, window_relpath
 from flows.core.rows import dataset_names
 from flows.edges.metrics import METRICS
-from flows.edges.storage import Storage, end_of_run_failure, hive_segment
+from flows.edges.storage import Storage, end_of_run_failure
 from flows.edges.table import Covered
 from schemas.output import (
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
     OUTCOMES_FILE_SCHEMA,
     RATES_FILE_SCHEMA,
+    ROW_GROUP_ROWS,
+    monthly,
+    window_file_schema,
 )
 
 ONE_US = timedelta(microseconds=1)
@@ -49,8 +58,8 @@ MAX_BUFFERED_ROWS = 200_000
 FLUSH_KEY = "\x00flush-"
 
 FileRow = tuple[Any, ...]
-"""A row as its file stores it: the values of the file schema's columns, in order (the
-partition columns are in the path). Compact to buffer and to snapshot."""
+"""A row as its file stores it: the values of the file schema's columns, in order (a daily
+file's date is in its path). Compact to buffer and to snapshot."""
 
 Buffer = dict[str, dict[Any, FileRow]]
 
@@ -62,10 +71,12 @@ class DatasetSpec:
     name: str
     file_schema: pa.Schema
     relpath: Callable[[Row], str]
-    key_columns: tuple[str, ...]  # one row per key in a file
+    key_columns: tuple[str, ...]  # one row per key in a file; the file's row order
     final_column: str | None = None  # a final row is never replaced; without it the first
     # write of a key wins
     replace_final: bool = False  # a deliberate recompute: final rows may be replaced
+    window_us: int | None = None  # a windowed dataset's window length
+    group_column: str | None = None  # a row group holds whole runs of this column
 
     @cached_property
     def _names(self) -> list[str]:
@@ -82,6 +93,14 @@ class DatasetSpec:
     @cached_property
     def _final(self) -> int | None:
         return self._names.index(self.final_column) if self.final_column else None
+
+    @cached_property
+    def _start(self) -> int:
+        return self._names.index("window_start")
+
+    @cached_property
+    def sorting(self) -> list[tuple[str, str]]:
+        return [(c, "ascending") for c in self.key_columns]
 
     def file_row(self, row: Row) -> FileRow:
         """The row as the file stores it."""
@@ -101,24 +120,81 @@ class DatasetSpec:
         return True
 
     def day(self, row: FileRow) -> date | None:
-        """The UTC day of a final row of a per-window dataset (its file's day), else None."""
+        """The UTC day of a final row of a per-window dataset, else None."""
         final = self._final
         if final is None or not row[final]:
             return None
-        start: datetime = self._key(row)
+        start: datetime = row[self._start]
         return start.date()
 
+    def upgraded(self, relpath: str, rows: Iterable[FileRow]) -> tuple[str, list[FileRow]]:
+        """Rows buffered by a version that wrote format 1 (a state's snapshot from before
+        the output was migrated), as this layout stores them: ``(relpath, rows)`` unchanged
+        unless ``relpath`` is a format-1 file of this dataset."""
+        old = parse_old_window_relpath(relpath) if self.window_us is not None else None
+        if old is None or old[0] != self.name:
+            return relpath, list(rows)
+        assert self.window_us is not None
+        _dataset, namespace, day = old
+        keys: tuple[Any, ...] = (namespace, day) if monthly(self.window_us) else (namespace,)
+        return window_relpath(self.name, self.window_us, day), [(*keys, *r) for r in rows]
 
-def window_dataset(name: str, file_schema: pa.Schema, replace_final: bool = False) -> DatasetSpec:
-    """A per-(namespace, window) dataset: one file per ``namespace=/date=`` directory, a
-    final row never replaced (but by a recompute), days settled once final."""
+    def write_parquet(self, table: pa.Table, where: Any) -> None:
+        """Write a file's rows (in key order): statistics on every column; with a group
+        column, row groups of about ROW_GROUP_ROWS rows that each hold whole runs of it,
+        so a reader filtering on one namespace reads one row group of each file."""
+        sorting = pq.SortingColumn.from_ordering(table.schema, self.sorting)
+        groups = (
+            row_groups(table.column(self.group_column), ROW_GROUP_ROWS)
+            if self.group_column is not None
+            else [(0, table.num_rows)]
+        )
+        with pq.ParquetWriter(where, table.schema, sorting_columns=sorting) as writer:
+            for offset, length in groups:
+                writer.write_table(table.slice(offset, length), row_group_size=max(length, 1))
+
+
+def row_groups(column: pa.ChunkedArray, target: int) -> list[tuple[int, int]]:
+    """(offset, length) of row groups over a sorted column: each at least ``target`` rows
+    (but the last) and ending where the column's value changes."""
+    import pyarrow.compute as pc  # on first use: its import costs every start
+
+    n = len(column)
+    if n <= target:
+        return [(0, n)]
+    values = column.combine_chunks()
+    changes = pc.not_equal(values.slice(1), values.slice(0, n - 1))
+    run_starts = np.flatnonzero(changes.to_numpy(zero_copy_only=False)) + 1
+    groups = []
+    begin = 0
+    for at in run_starts.tolist():
+        if at - begin >= target:
+            groups.append((begin, at - begin))
+            begin = at
+    groups.append((begin, n - begin))
+    return groups
+
+
+def window_dataset(
+    name: str, measures: pa.Schema, window_us: int, replace_final: bool = False
+) -> DatasetSpec:
+    """A per-(namespace, window) dataset: one file per UTC date of the window starts (per
+    month for windows of a day or longer), a final row never replaced (but by a
+    recompute), days settled once final."""
 
     def relpath(row: Row) -> str:
-        day: date = row["date"]
-        segment = hive_segment("namespace", row["namespace"])
-        return f"{name}/{segment}/date={day.isoformat()}/part-0.parquet"
+        return window_relpath(name, window_us, row["date"])
 
-    return DatasetSpec(name, file_schema, relpath, ("window_start",), "is_final", replace_final)
+    return DatasetSpec(
+        name,
+        window_file_schema(measures, window_us),
+        relpath,
+        ("namespace", "window_start"),
+        "is_final",
+        replace_final,
+        window_us,
+        "namespace",
+    )
 
 
 def log_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
@@ -131,10 +207,6 @@ def log_dataset(name: str, file_schema: pa.Schema) -> DatasetSpec:
     return DatasetSpec(name, file_schema, relpath, ("partition", "offset"))
 
 
-RATES = window_dataset("party_rates", RATES_FILE_SCHEMA)
-OUTCOMES = window_dataset("disconnect_outcomes", OUTCOMES_FILE_SCHEMA)
-
-
 def window_datasets(
     window_us: int, rollups: tuple[int, ...], replace_final: bool = False
 ) -> list[tuple[DatasetSpec, int]]:
@@ -144,8 +216,8 @@ def window_datasets(
     for length, (rates, outcomes) in dataset_names(window_us, rollups).items():
         n = 8 if length == window_us else 2
         out += [
-            (window_dataset(rates, RATES_FILE_SCHEMA, replace_final), n),
-            (window_dataset(outcomes, OUTCOMES_FILE_SCHEMA, replace_final), n),
+            (window_dataset(rates, RATES_FILE_SCHEMA, length, replace_final), n),
+            (window_dataset(outcomes, OUTCOMES_FILE_SCHEMA, length, replace_final), n),
         ]
     return out
 
@@ -227,7 +299,13 @@ class ParquetSink(FixedPartitionedSink[Routed | FlushTick, Buffer]):
 class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
     def __init__(self, sink: ParquetSink, buffer: Buffer) -> None:
         self.sink = sink
-        self.buffer: Buffer = {path: dict(rows) for path, rows in buffer.items()}
+        # Rows a version that wrote format 1 buffered are left out: the migration of the
+        # output wrote them (flows.edges.layout), and another partition may own their file.
+        self.buffer: Buffer = {
+            path: dict(rows)
+            for path, rows in buffer.items()
+            if parse_old_window_relpath(path) is None
+        }
         self.buffered = sum(len(r) for r in self.buffer.values())
         self.last_flush = time.monotonic()
         self.newest_day: date | None = None  # of the final rows seen
@@ -261,8 +339,9 @@ class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
         """Write the files of days before the newest final row's day, if all final.
 
         Over a long backlog this keeps the buffer to about a day of rows. Such a file is
-        written once unless one of its namespace's windows closes after the next day's first
-        one did (then it is written again, with the same rows plus that one).
+        written once unless one of its windows closes after the next day's first one did
+        (then it is written again, with the same rows plus that one); a month's file of day
+        roll-ups is written again as each of its days settles.
         """
         assert self.newest_day is not None
         spec = self.sink.spec
@@ -299,28 +378,17 @@ def write_files(
     storage: Storage, files: list[tuple[str, Iterable[FileRow]]], spec: DatasetSpec
 ) -> None:
     """Merge rows into their files by key and replace the files that change, each
-    atomically, in one write (see ``Storage.write_tables``).
-
-    The rows of all the files that change are built into one Arrow table, which each file
-    writes a slice of: building arrays costs about the same for one row as for thousands,
-    and a flush of roll-ups writes hundreds of files of a row or two.
-    """
+    atomically, in one write (see ``Storage.write_tables``)."""
     changed = []
     for relpath, rows in files:
-        ordered = merged_rows(storage, relpath, rows, spec)
-        if ordered is not None:
-            changed.append((relpath, ordered))
+        table = merged_table(storage, relpath, rows, spec)
+        if table is not None:
+            changed.append((relpath, table))
     if not changed:
         return
-    table = _table([row for _relpath, rows in changed for row in rows], spec.file_schema)
-    tables = []
-    offset = 0
-    for relpath, rows in changed:
-        tables.append((relpath, table.slice(offset, len(rows))))
-        offset += len(rows)
-    storage.write_tables(tables)
-    for _relpath, rows in changed:
-        METRICS.wrote(spec.name, len(rows))
+    storage.write_tables(changed, spec.write_parquet)
+    for _relpath, table in changed:
+        METRICS.wrote(spec.name, table.num_rows)
 
 
 def write_merged(
@@ -331,37 +399,92 @@ def write_merged(
     write_files(storage, [(relpath, new_rows)], spec)
 
 
-def merged_rows(
+def merged_table(
     storage: Storage, relpath: str, new_rows: Iterable[FileRow], spec: DatasetSpec
-) -> list[FileRow] | None:
-    """The file's rows merged with ``new_rows`` by key, in key order, or None if that
-    changes nothing."""
-    merged: dict[Any, FileRow] = {}
+) -> pa.Table | None:
+    """The file's rows merged with ``new_rows`` (one per key) by key, in key order, or
+    None if that changes nothing."""
+    rows = list(new_rows)
+    if not rows:
+        return None
+    new = rows_table(rows, spec.file_schema)
     existing = storage.read_table(relpath, spec.file_schema)
     if existing is None:
-        for row in new_rows:
-            merge_into(merged, row, spec)
+        return new.sort_by(spec.sorting)
+    return merge_tables(existing, new, spec)
+
+
+def merge_tables(existing: pa.Table, new: pa.Table, spec: DatasetSpec) -> pa.Table | None:
+    """``existing`` with the rows of ``new`` (one per key) merged in by key, in key order;
+    None if nothing changes.
+
+    A new row takes the place of the existing row of its key when there is none, or when
+    ``spec.prefer_new`` would: never a final row (but by a final one, recomputing); a log's
+    first write wins. All of it in Arrow compute over whole columns: a day's file holds
+    every namespace's windows of the day, and a scheduled run merges a few of them into it.
+    """
+    import pyarrow.compute as pc  # on first use: its import costs every start
+
+    old_keys = _keys(existing, spec.key_columns)
+    new_keys = _keys(new, spec.key_columns)
+    where = pc.index_in(new_keys, value_set=old_keys)  # the existing row of each key, or null
+    found = pc.is_valid(where)
+    same = _rows_equal(new, existing.take(where))  # false where there is no existing row
+    if spec.final_column is None:
+        accept = pc.invert(found)
     else:
-        columns = existing.to_pydict()
-        for row in zip(*(columns[name] for name in spec.file_schema.names), strict=True):
-            merged[spec.file_key(row)] = row
-        changed = False
-        final = spec._final
-        for row in new_rows:
-            if merge_into(merged, row, spec):
-                changed = True
-            elif final is not None and row[final] and merged[spec.file_key(row)] != row:
-                METRICS.kept_final(spec.name)  # a different final row: the output's stays
-        if not changed:
-            return None
-    return [merged[k] for k in sorted(merged, key=_sort_key)]
+        old_final = pc.fill_null(existing.column(spec.final_column).take(where), False)
+        new_final = new.column(spec.final_column)
+        accept = pc.invert(old_final)  # no existing row, or a provisional one
+        if spec.replace_final:
+            accept = pc.or_(accept, new_final)
+        else:  # a different final row: the output's stays
+            kept = pc.and_(pc.and_(old_final, new_final), pc.invert(same))
+            for _ in range(pc.sum(kept).as_py() or 0):
+                METRICS.kept_final(spec.name)
+    changed = pc.and_(accept, pc.invert(same))
+    if not pc.any(changed).as_py():
+        return None
+    replaced = pc.is_in(old_keys, value_set=pc.filter(new_keys, accept))
+    kept_rows = existing.filter(pc.invert(replaced))
+    merged = pa.concat_tables([kept_rows, new.filter(accept)])
+    return merged.sort_by(spec.sorting)
 
 
-def _table(rows: list[FileRow], schema: pa.Schema) -> pa.Table:
+def _keys(table: pa.Table, columns: tuple[str, ...]) -> pa.Array:
+    """One value per row that tells keys apart: the key column itself, or the key columns'
+    values joined by a NUL (the last column is a number, which holds none, so the joined
+    values of different keys differ)."""
+    import pyarrow.compute as pc
+
+    parts = []
+    for name in columns:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64())
+        parts.append(column)
+    if len(parts) == 1:
+        return parts[0]
+    return pc.binary_join_element_wise(*(p.cast(pa.string()) for p in parts), "\x00")
+
+
+def _rows_equal(a: pa.Table, b: pa.Table) -> pa.Array:
+    """Per row, whether every column of ``a`` equals ``b``'s (two nulls are equal)."""
+    import pyarrow.compute as pc
+
+    same = None
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        equal = pc.fill_null(pc.equal(x, y), False)
+        both_null = pc.and_(pc.is_null(x), pc.is_null(y))
+        column_same = pc.or_(equal, both_null)
+        same = column_same if same is None else pc.and_(same, column_same)
+    assert same is not None
+    return same
+
+
+def rows_table(rows: list[FileRow], schema: pa.Schema) -> pa.Table:
+    """Rows as the file stores them, as an Arrow table of its schema."""
     columns = zip(*rows, strict=True)
     arrays = [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _sort_key(key: Any) -> Any:
-    return key.timestamp() if isinstance(key, datetime) else key

@@ -154,7 +154,9 @@ def render(info: dict[str, Any]) -> str:
             f"dedup horizon {s['dedup_horizon']}, start {s['start_at']}; "
             f"roll-ups {rollups or 'none'}"
         )
-        lines.append(f"record      written {table['written_at']} by run {table['written_by_run']}")
+        by = table["written_by_run"]
+        by = f"by run {by}" if by else "when its layout was migrated: no run has ended since"
+        lines.append(f"record      written {table['written_at']} {by}")
     run = info.get("last_run")
     if run is None:
         lines.append("last run    none")

@@ -16,6 +16,7 @@ one line and never contains the secret key.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import posixpath
@@ -23,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -31,15 +33,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import SecretStr
 
-from flows.core.paths import hive_segment
 from flows.errors import EXIT_STORAGE, JobError
 from flows.failpoints import Failpoints
 from flows.settings import StorageSettings
 
-__all__ = ["S3Target", "Storage", "StorageError", "hive_segment"]
+__all__ = ["S3Target", "Storage", "StorageError"]
 
 TMP_SUFFIX = ".tmp"
 T = TypeVar("T")
+ParquetWrite = Callable[[pa.Table, Any], None]
+"""Writes a table as Parquet to a path or a stream (``pyarrow.parquet.write_table``)."""
 OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
 """pyarrow filesystem types where a file is an object written by one upload."""
 
@@ -365,8 +368,10 @@ class Storage:
         """Replace ``relpath`` with ``table`` atomically."""
         self.write_tables([(relpath, table)])
 
-    def write_tables(self, tables: list[tuple[str, pa.Table]]) -> None:
-        """Replace each file with its table, each atomically.
+    def write_tables(
+        self, tables: list[tuple[str, pa.Table]], write: ParquetWrite = pq.write_table
+    ) -> None:
+        """Replace each file with its table, each atomically, written by ``write``.
 
         On a local disk every table is written to a temporary name first; once all of them
         are on disk (synced) they are renamed, and the renames synced. The file system is
@@ -377,7 +382,7 @@ class Storage:
         if not self.local:
             for relpath, table in tables:
                 buffer = pa.BufferOutputStream()
-                pq.write_table(table, buffer)  # the whole file exists before anything is sent
+                write(table, buffer)  # the whole file exists before anything is sent
                 self._put(relpath, buffer.getvalue())
             return
         staged = []
@@ -391,7 +396,7 @@ class Storage:
                 os.makedirs(directory, exist_ok=True)
                 out = open(tmp, "wb")  # noqa: SIM115
             with out:
-                pq.write_table(table, out)
+                write(table, out)
             staged.append((tmp, full, directory))
         _sync([tmp for tmp, _full, _dir in staged], self.root)  # data before names point at it
         for tmp, full, _directory in staged:
@@ -447,6 +452,64 @@ class Storage:
         for info in infos:
             if info.type == pafs.FileType.File:
                 yield posixpath.relpath(info.path, self.root)
+
+    def files_in(self, reldir: str) -> list[tuple[str, datetime | None]]:
+        """(relative path, modification time) of the files directly under ``reldir`` (none
+        if it is missing), hidden (temporary) ones left out."""
+        selector = pafs.FileSelector(self.path(reldir), recursive=False, allow_not_found=True)
+        infos = self._attempt(f"listing {reldir or '/'}", lambda fs: fs.get_file_info(selector))
+        out = []
+        for info in infos:
+            if info.type != pafs.FileType.File or posixpath.basename(info.path).startswith("."):
+                continue
+            mtime = info.mtime
+            if mtime is not None and mtime.tzinfo is None:
+                mtime = mtime.replace(tzinfo=UTC)
+            out.append((posixpath.relpath(info.path, self.root), mtime))
+        return sorted(out)
+
+    def parquet_rows(self, relpath: str) -> int:
+        """How many rows a Parquet file holds (its footer only is read)."""
+        full = self.path(relpath)
+
+        def count(fs: pafs.FileSystem) -> int:
+            with fs.open_input_file(full) as f:
+                return int(pq.ParquetFile(f).metadata.num_rows)
+
+        return self._attempt(f"reading {relpath}", count)
+
+    def list_dir(self, reldir: str) -> list[tuple[str, bool]]:
+        """The entries directly under ``reldir`` (none if it is missing): (name, is a
+        directory). On an object store, a directory is a common prefix of keys."""
+        selector = pafs.FileSelector(self.path(reldir), recursive=False, allow_not_found=True)
+        infos = self._attempt(f"listing {reldir or '/'}", lambda fs: fs.get_file_info(selector))
+        return sorted(
+            (posixpath.basename(info.path), info.type == pafs.FileType.Directory)
+            for info in infos
+            if info.type in (pafs.FileType.File, pafs.FileType.Directory)
+        )
+
+    def delete_file(self, relpath: str) -> None:
+        """Delete a file; one that is already gone is no error."""
+        full = self.path(relpath)
+
+        def delete(fs: pafs.FileSystem) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(full)
+
+        self._attempt(f"deleting {relpath}", delete)
+
+    def delete_dir(self, reldir: str) -> None:
+        """Delete a directory and everything under it (on an object store, every key under
+        the prefix); one that is already gone is no error."""
+        assert reldir.strip("/"), "never the output itself"
+        full = self.path(reldir)
+
+        def delete(fs: pafs.FileSystem) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_dir(full)
+
+        self._attempt(f"deleting {reldir}", delete)
 
     def prepare(self) -> int:
         """Make sure the output can be written, and delete the temporary files a killed run

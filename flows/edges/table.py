@@ -39,10 +39,11 @@ from flows.core.coverage import (
 from flows.core.eventtime import duration_label, format_us
 from flows.edges.storage import Storage
 from flows.errors import ConflictError
+from schemas.output import OUTPUT_FORMAT
 
 RECORD = "_table.json"
-OUTPUT_FORMAT = 1
-"""1: one Parquet file per ``namespace=/date=`` directory of each windowed dataset."""
+OLD_FORMAT = 1
+"""The format of an output without a record: one file per ``namespace=/date=`` directory."""
 
 MEANING = (  # (key, shown as, flag)
     ("topic", "topic", "--topic"),
@@ -123,6 +124,14 @@ class TableRecord:
     watermark_us: int | None
     partitions: dict[int, PartitionCover]
     incomplete: list[Incomplete] = field(default_factory=list)
+
+    @property
+    def claims(self) -> bool:
+        """Whether the record says what rows the output holds: one written by a run does;
+        one written only to switch an output without a record to this layout (by a
+        migration, flows.edges.layout) does not, and counts as no record but for its
+        format and owner."""
+        return bool(self.partitions)
 
     @classmethod
     def from_json(cls, data: bytes) -> TableRecord:
@@ -373,6 +382,7 @@ def now_text() -> str:
 
 
 __all__ = [
+    "OLD_FORMAT",
     "OUTPUT_FORMAT",
     "RECORD",
     "Covered",
