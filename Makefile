@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PUSHGATEWAY := /usr/bin/prometheus-pushgateway
 PROMTOOL := /usr/bin/promtool
 
-.PHONY: setup run test lint format bench profile clean pushgateway prometheus mutations
+.PHONY: setup run test lint format bench budget profile clean pushgateway prometheus mutations
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ endef
 
 bench: $(STAMP) ## throughput and memory against the alternatives; writes bench/RESULTS.md
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+budget: $(STAMP) ## CPU per message by stage (ablation); writes bench/BUDGET.md
+	$(BIN)/python -m bench.budget $(BUDGET_ARGS)
 
 profile: $(STAMP) ## one run under py-spy; writes bench/PROFILE.md
 	$(BIN)/python -m bench.profile
