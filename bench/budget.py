@@ -309,7 +309,7 @@ def variant(stage: str, tally: Path, argv: list[str]) -> int:
         """Starts a cluster's processes as this variant (flows.run.run_local_cluster)."""
 
         @staticmethod
-        def Popen(cmd: list[str], **kw: Any) -> subprocess.Popen[bytes]:  # noqa: N802
+        def Popen(cmd: list[str], **kw: Any) -> subprocess.Popen[bytes]:
             i = cmd.index("flows.cli")
             pid = cmd[cmd.index("--process-id") + 1]
             own = ["bench.budget", "variant", stage, str(tally) + f".p{pid}", "--"]
@@ -466,7 +466,7 @@ def main() -> int:
         for topic in topics:
             for procs in shapes:
                 cells = results[(topic, procs)] = {s.name: Cell() for s in stages}
-                for i in range(args.repeats):
+                for _ in range(args.repeats):
                     if procs == 1:
                         from bench.run import measure
 
