@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PUSHGATEWAY := /usr/bin/prometheus-pushgateway
 PROMTOOL := /usr/bin/promtool
 
-.PHONY: setup run test lint format bench bench-year profile clean pushgateway prometheus mutations
+.PHONY: setup run test lint format bench bench-year budget profile clean pushgateway prometheus mutations
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench: $(STAMP) ## throughput and memory against the alternatives; writes bench/
 
 bench-year: $(STAMP) ## a simulated year of 300 namespaces in both layouts; writes bench/LAYOUT.md
 	$(BIN)/python -m bench.year $(BENCH_YEAR_ARGS)
+
+budget: $(STAMP) ## CPU per message by stage (ablation); writes bench/BUDGET.md
+	$(BIN)/python -m bench.budget $(BUDGET_ARGS)
 
 profile: $(STAMP) ## one run under py-spy; writes bench/PROFILE.md
 	$(BIN)/python -m bench.profile

@@ -157,8 +157,8 @@ MUTATIONS = (
         (
             (
                 "flows/core/partials.py",
-                "        if kind == DISCONNECTED and user:\n",
-                "        if user:\n",
+                "        if kind == DISCONNECTED and user_bytes is not None:\n",
+                "        if user_bytes is not None:\n",
             ),
         ),
         ("tests/test_flow.py::test_flow_matches_reference", "tests/test_partition.py"),

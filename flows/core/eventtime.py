@@ -53,6 +53,10 @@ the events of a batch share a few minutes)."""
 _OFFSETS: dict[str, int] = {"Z": 0}
 """``+HH:MM`` / ``-HH:MM`` / ``Z`` -> microseconds to subtract."""
 _CACHE_LIMIT = 100_000
+_SECONDS: dict[str, int] = {}
+"""``YYYY-MM-DDTHH:MM:SS`` -> microseconds since the epoch, read as UTC (the events of a
+batch share a few seconds)."""
+_SECONDS_LIMIT = 20_000
 _SECOND_DIGITS = frozenset("012345")
 _DIGITS = frozenset("0123456789")
 
@@ -65,33 +69,55 @@ def parse_rfc3339_us(text: str) -> int:
     as the next second).
 
     The common form (``T``, seconds 00-59, ``Z`` or ``±HH:MM``) takes a short path: its
-    date, hour and minute and its offset are each parsed exactly once, by
+    date and time to the second and its offset are each parsed exactly once, by
     :func:`parse_rfc3339_exact`, and looked up after that; anything else goes to the exact
     parser.
     """
-    if len(text) >= 20 and text[10] == "T" and text[16] == ":" and text[17] in _SECOND_DIGITS:
-        base = _MINUTES.get(text[:16])
-        if base is None:
-            base = _cache_minute(text[:16])
-        if base is not None and text[18] in _DIGITS:
-            base += int(text[17:19]) * US_PER_S
-            rest = text[19:]
-            if rest[0] == ".":
-                zone = "Z" if rest[-1] == "Z" else rest[-6:]
-                digits = rest[1 : -len(zone)]
-                offset = _OFFSETS.get(zone)
-                if offset is None:
-                    offset = _cache_offset(zone)
-                digits_ok = 0 < len(digits) <= 9 and digits.isascii() and digits.isdigit()
-                if offset is not None and digits_ok:
-                    return base + int((digits + "00000")[:6]) - offset
-            else:
-                offset = _OFFSETS.get(rest)
-                if offset is None:
-                    offset = _cache_offset(rest)
-                if offset is not None:
-                    return base - offset
+    base = _SECONDS.get(text[:19])
+    if base is None:
+        base = _cache_second(text[:19])
+    if base is not None:
+        rest = text[19:]
+        offset = _OFFSETS.get(rest)
+        if offset is not None:
+            return base - offset
+        if rest[:1] == ".":
+            zone = "Z" if rest[-1] == "Z" else rest[-6:]
+            digits = rest[1 : -len(zone)]
+            offset = _OFFSETS.get(zone)
+            if offset is None:
+                offset = _cache_offset(zone)
+            digits_ok = 0 < len(digits) <= 9 and digits.isascii() and digits.isdigit()
+            if offset is not None and digits_ok:
+                return base + int((digits + "00000")[:6]) - offset
+        else:
+            offset = _cache_offset(rest)
+            if offset is not None:
+                return base - offset
     return parse_rfc3339_exact(text)
+
+
+def _cache_second(prefix: str) -> int | None:
+    """``YYYY-MM-DDTHH:MM:SS`` (seconds 00-59) in microseconds, remembered; None if the
+    prefix is not of that form."""
+    if (
+        len(prefix) != 19
+        or prefix[10] != "T"
+        or prefix[16] != ":"
+        or prefix[17] not in _SECOND_DIGITS
+        or prefix[18] not in _DIGITS
+    ):
+        return None
+    minute = _MINUTES.get(prefix[:16])
+    if minute is None:
+        minute = _cache_minute(prefix[:16])
+        if minute is None:
+            return None
+    value = minute + int(prefix[17:]) * US_PER_S
+    if len(_SECONDS) >= _SECONDS_LIMIT:
+        _SECONDS.clear()
+    _SECONDS[prefix] = value
+    return value
 
 
 def _cache_minute(prefix: str) -> int | None:

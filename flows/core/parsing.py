@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import types
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple, Union, get_args, get_origin
 
@@ -80,8 +81,14 @@ def parse_candidate(value: bytes) -> Event | str | None:
     function (the partition step calls it for about 40 % of the topic); anything unusual
     goes to the helpers that word the reasons.
     """
-    env = fast_decode(value)
-    if env is None:
+    # fast_decode, inline (one Python call fewer for each of about 40 % of the topic)
+    if len(value) - len(value.translate(None, b"[{")) > _MAX_OPENERS:
+        return _validate_slowly(value)
+    try:
+        if not value.isascii():
+            value.decode()  # the decoder skips unnamed fields without checking their UTF-8
+        env = _decode(value)
+    except (msgspec.MsgspecError, ValueError):
         return _validate_slowly(value)
     kind = KIND_OF_NAME.get(env.name)
     if kind is None:
@@ -133,7 +140,7 @@ def fast_struct(model: type[BaseModel]) -> type[msgspec.Struct]:
     return msgspec.defstruct(model.__name__, fields, kw_only=True, gc=False)
 
 
-_decode = msgspec.json.Decoder(fast_struct(Envelope)).decode
+_decode: Callable[[bytes], Any] = msgspec.json.Decoder(fast_struct(Envelope)).decode
 
 
 _MAX_OPENERS = 128
@@ -142,7 +149,8 @@ _MAX_OPENERS = 128
 
 
 def fast_decode(value: bytes) -> Any | None:
-    """The message decoded into the Envelope's fast struct, or None if it does not decode."""
+    """The message decoded into the Envelope's fast struct, or None if it does not decode
+    (:func:`parse_candidate` does the same inline)."""
     # The number of openers, counted by deleting them (one C pass; bytes.count is slower).
     if len(value) - len(value.translate(None, b"[{")) > _MAX_OPENERS:
         return None

@@ -81,19 +81,18 @@ def fold(events: Iterable[Counted], window_us: int, shards: int) -> Folded:
         window[kind] += 1
         if kind == REJECTED:
             continue
+        user_bytes = None
+        if user:
+            try:
+                user_bytes = user.encode()
+            except UnicodeEncodeError:  # a lone surrogate, from a JSON escape
+                user_bytes = user.encode("utf-8", "surrogatepass")
         if party is not None:
             window[5].add(party)
-            if user:
-                try:
-                    player = _xxh3(user.encode(), party)
-                except UnicodeEncodeError:
-                    player = player_hash(party, user)
-                slot[1].append((t_us, kind, player))
-        if kind == DISCONNECTED and user:
-            try:
-                user_hash = _xxh3(user.encode())
-            except UnicodeEncodeError:
-                user_hash = id_hash(user)
+            if user_bytes is not None:
+                slot[1].append((t_us, kind, _xxh3(user_bytes, party)))
+        if kind == DISCONNECTED and user_bytes is not None:
+            user_hash = _xxh3(user_bytes)
             other = user_hash % shards
             if other != shard:
                 slot = by_shard[other]

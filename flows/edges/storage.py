@@ -526,9 +526,9 @@ class Storage:
         if self.local:
             try:
                 os.makedirs(self.root, exist_ok=True)
-                probe = posixpath.join(
-                    self.root, f".write-probe.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
-                )
+                # not named as a temporary file: another process of a cluster, removing
+                # stale temporary files as it starts, must not take it
+                probe = posixpath.join(self.root, f".write-probe.{uuid.uuid4().hex}")
                 with open(probe, "wb"):
                     pass
                 os.remove(probe)
