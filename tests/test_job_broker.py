@@ -249,16 +249,12 @@ def test_awkward_namespaces_round_trip(broker, tmp_path: Path) -> None:
     run_job(broker.bootstrap, topic, out, tmp_path / "state")
 
     assert sorted(job_rows(out)["namespace"]) == sorted(AWKWARD)
-    # Each in its directory name exactly as pyarrow (and Spark) encode a Hive partition.
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    hive = ds.partitioning(pa.schema([("namespace", pa.string())]), flavor="hive")
-    encoded = {hive.format(pc.field("namespace") == ns)[0] for ns in AWKWARD}
-    assert "namespace=..%2Fx" in encoded and "namespace=%2541" in encoded  # the README's
-    for dataset in ("party_rates", "party_rates_1h", "party_rates_1d"):
-        assert {d.name for d in (out / dataset).iterdir()} == encoded, dataset
+    # The namespace is a column, never a path: each dataset's directories are dates (months
+    # for the day roll-ups), whatever the namespace's characters.
+    expected = {"party_rates": "date=2026-11-18", "party_rates_1h": "date=2026-11-18"}
+    expected["party_rates_1d"] = "month=2026-11"
+    for dataset, directory in expected.items():
+        assert {d.name for d in (out / dataset).iterdir()} == {directory}, dataset
     read_back = pd.read_parquet(out / "party_rates")
     assert sorted(read_back["namespace"].astype(str)) == sorted(AWKWARD)
     outside = [p for p in tmp_path.rglob("*.parquet") if out not in p.parents]
