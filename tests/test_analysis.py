@@ -23,6 +23,7 @@ from flows.analysis import plots
 from flows.analysis.dictionary import MANIFEST_FIELDS, UNITS, render_data_dictionary
 from flows.analysis.report import render_report, save_main_plot
 from schemas.output import (
+    COMBINE_KINDS,
     DEAD_LETTERS_SCHEMA,
     LATE_EVENTS_SCHEMA,
     OUTCOMES_SCHEMA,
@@ -765,7 +766,7 @@ def test_every_windowed_column_says_how_it_combines() -> None:
     for schema in (RATES_SCHEMA, OUTCOMES_SCHEMA):
         for field in schema:
             kind, formula = analysis.combine_rule(field.name, schema)
-            assert kind in analysis.COMBINE_RULES, field.name
+            assert kind in COMBINE_KINDS, field.name
             assert (formula is not None) == (kind == "recompute"), field.name
     assert analysis.combine_rule("users_disconnected") == ("distinct", None)
     assert analysis.combine_rule("parties_affected") == ("distinct", None)

@@ -158,8 +158,9 @@ def test_storage_on_s3(s3: S3Server) -> None:
     assert storage.read_table("t/part-0.parquet", schema) is None
     assert list(storage.list_files("")) == []
 
-    storage.write_table("t/k=1/part-0.parquet", pa.table({"n": [1, 2]}, schema=schema))
-    storage.write_table("t/k=1/part-0.parquet", pa.table({"n": [3]}, schema=schema))  # replaced
+    storage.write_tables([("t/k=1/part-0.parquet", pa.table({"n": [1, 2]}, schema=schema))])
+    replaced = pa.table({"n": [3]}, schema=schema)
+    storage.write_tables([("t/k=1/part-0.parquet", replaced)])
     storage.write_bytes("_runs/x.json", b"{}")
     table = storage.read_table("t/k=1/part-0.parquet", schema)
     assert table is not None and table.column("n").to_pylist() == [3]
@@ -174,7 +175,7 @@ def test_storage_on_s3(s3: S3Server) -> None:
     ((name, mtime),) = storage.files_in("_runs")
     assert name == "_runs/x.json" and mtime is not None and mtime.tzinfo is not None
     assert storage.parquet_rows("t/k=1/part-0.parquet") == 1
-    storage.write_table("t/k=2/part-0.parquet", pa.table({"n": [4]}, schema=schema))
+    storage.write_tables([("t/k=2/part-0.parquet", pa.table({"n": [4]}, schema=schema))])
     storage.delete_dir("t/k=1")
     storage.delete_dir("t/k=9")  # already gone: no error
     storage.delete_file("_runs/x.json")

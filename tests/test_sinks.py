@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from flows.edges.sinks import DEAD_LETTERS, ParquetSink, window_dataset, write_merged
+from flows.edges.sinks import DEAD_LETTERS, ParquetSink, window_dataset, write_files
 from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
 from schemas.output import RATES_FILE_SCHEMA
 
@@ -52,6 +52,11 @@ RATES_FILE = RATES.relpath(_rate(1, False))
 
 def _read(storage: Storage, relpath: str) -> list[dict]:
     return pq.read_table(Path(storage.root) / relpath).to_pylist()
+
+
+def write_merged(storage: Storage, relpath: str, rows: list, spec) -> None:
+    """One file's rows merged in, as a flush writes them (``write_files``)."""
+    write_files(storage, [(relpath, rows)], spec)
 
 
 def test_a_final_row_replaces_a_provisional_one(tmp_path: Path) -> None:

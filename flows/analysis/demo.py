@@ -9,12 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.analysis.incidents import describe_incidents, find_incidents
-from flows.analysis.loaders import (
-    load_disconnect_outcomes,
-    load_party_rates,
-    rollup_lengths,
-    worst_namespaces,
-)
+from flows.analysis.loaders import load_disconnect_outcomes, load_party_rates, rollup_lengths
+from flows.analysis.tables import rank_namespaces
 
 
 def demo_summary(output: Path, simulated: Iterable[Any]) -> str:
@@ -33,11 +29,15 @@ def demo_summary(output: Path, simulated: Iterable[Any]) -> str:
         final = int(frame["is_final"].sum())
         lines.append(f"  {name + '/':<{width}}{len(frame):,} rows ({final:,} final)")
     lines.append("  late_events/  dead_letters/  _runs/")
-    worst = worst_namespaces(rates)
+    columns = ["namespace", "disconnected", "dropped", "drop_ratio", "ci_low", "ci_high"]
+    worst = rank_namespaces(rates, min_disconnects=20).head(10)[columns].set_index("namespace")
     final = outcomes[outcomes["is_final"]]
     cohort = final.groupby("namespace", observed=True)[["dropped", "rejoined"]].sum()
     worst["cohort_drop_ratio"] = cohort["dropped"] / (cohort["dropped"] + cohort["rejoined"])
-    lines.append("\nWorst namespaces by drop ratio (final windows, at least 20 disconnects):")
+    lines.append(
+        "\nWorst namespaces by drop ratio (final windows, at least 20 disconnects; "
+        "ci: 95% Wilson interval):"
+    )
     lines.append(worst.to_string(float_format=lambda v: f"{v:.3f}"))
     lines.append(
         "\nIncidents found (a namespace's cohort drop ratio significantly above its own "

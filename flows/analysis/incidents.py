@@ -60,7 +60,7 @@ import pandas as pd
 from scipy.special import betainc
 from scipy.stats import false_discovery_control
 
-from flows.analysis.loaders import TimeLike, filter_dates
+from flows.analysis.tables import TimeLike, filter_dates
 
 __all__ = [
     "INCIDENT_COLUMNS",

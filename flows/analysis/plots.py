@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from flows.analysis.incidents import incident_series
-from flows.analysis.loaders import (
+from flows.analysis.tables import (
     cohort_summary,
     cohort_vs_window,
     drop_ratio_by_hour,

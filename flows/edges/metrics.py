@@ -29,7 +29,6 @@ a multi-worker dataflow (see README, "Operating it"): collecting never raises.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -424,20 +423,18 @@ def textfile_path(path: str, process_id: int | None) -> Path:
 
 
 def write_textfile(path: str, process_id: int | None) -> Path:
-    """Write the metrics in the text format for node_exporter's textfile collector:
-    to a hidden temporary name, then renamed (the collector never reads half a file).
-    In a cluster each process's file labels its series with ``process`` (the collector
-    refuses a series that two files hold). A run without a success time (a failed one)
-    keeps the last-success time the file held, as a push-add keeps it in the Pushgateway:
-    the staleness alert always has its series."""
+    """Write the metrics in the text format for node_exporter's textfile collector
+    (``prometheus_client.write_to_textfile``: a temporary name the collector does not read,
+    then renamed, so it never reads half a file). In a cluster each process's file labels
+    its series with ``process`` (the collector refuses a series that two files hold). A run
+    without a success time (a failed one) keeps the last-success time the file held, as a
+    push-add keeps it in the Pushgateway: the staleness alert always has its series."""
     dest = textfile_path(path, process_id)
     labels = {} if process_id is None else {"process": str(process_id)}
-    from prometheus_client.exposition import generate_latest
+    from prometheus_client.exposition import write_to_textfile
 
     kept = None if METRICS.last_success is not None else _kept_success(dest, METRICS.topic)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(generate_latest(_registry(labels, kept)))
-    os.replace(tmp, dest)
+    write_to_textfile(str(dest), _registry(labels, kept))
     return dest
 
 

@@ -391,14 +391,6 @@ def write_files(
         METRICS.wrote(spec.name, table.num_rows)
 
 
-def write_merged(
-    storage: Storage, relpath: str, new_rows: Iterable[FileRow], spec: DatasetSpec
-) -> None:
-    """Merge rows into the file at ``relpath`` by key and replace it atomically; a file
-    that would not change is left alone."""
-    write_files(storage, [(relpath, new_rows)], spec)
-
-
 def merged_table(
     storage: Storage, relpath: str, new_rows: Iterable[FileRow], spec: DatasetSpec
 ) -> pa.Table | None:

@@ -364,10 +364,6 @@ class Storage:
                 table = pq.ParquetFile(f).read(columns=schema.names)
         return table if table.schema == schema else table.cast(schema)
 
-    def write_table(self, relpath: str, table: pa.Table) -> None:
-        """Replace ``relpath`` with ``table`` atomically."""
-        self.write_tables([(relpath, table)])
-
     def write_tables(
         self, tables: list[tuple[str, pa.Table]], write: ParquetWrite = pq.write_table
     ) -> None:
