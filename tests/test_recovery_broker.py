@@ -49,10 +49,12 @@ def test_killed_while_rebuilding_then_run_again(broker, uncut: Path, tmp_path: P
     run_job(broker.bootstrap, topic, out, state)
     produce_parts(broker.bootstrap, topic, WHOLE, after=FIRST)
     shutil.rmtree(state)
+    # An epoch about every batch (1 ms), so that the fourth durable snapshot comes after a
+    # few batches of the rebuild, however fast the machine reads the topic.
     killed = run_cli(
         "run", "--brokers", broker.bootstrap, "--topic", topic, "--output", str(out),
         "--state", str(state), "--progress", "off", "--batch-size", "50",
-        "--snapshot-interval", "50ms",
+        "--snapshot-interval", "1ms",
         env={"PARTY_RATES_FAILPOINT": "after-snapshot@4"},
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr
