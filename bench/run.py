@@ -92,6 +92,12 @@ def job(bootstrap: str, topic: str, d: Path, *extra: str, fresh: bool = True) ->
     ]  # fmt: skip
 
 
+def without(measure: str, cmd: list[str]) -> list[str]:
+    """``cmd`` (a one-process run) without one of the run's own measures (bench.without)."""
+    assert cmd[:3] == [PY, "-m", "flows.cli"], cmd
+    return [PY, "-m", "bench.without", measure, *cmd[3:]]
+
+
 def produce_topic(broker: object, topic: str, cfg: SimConfig) -> int:
     """A topic of 4 partitions holding ``cfg``'s traffic, in the flat shape."""
     broker.create_topic(topic, partitions=4)  # type: ignore[attr-defined]
@@ -174,6 +180,9 @@ def main() -> int:
                 "party-rates run (1 worker, no roll-ups)": lambda i: job(
                     b, "mixed", work / "w0", "--rollups", ""
                 ),
+                "party-rates run (1 worker, default GC thresholds)": lambda i: without(
+                    "gc", job(b, "mixed", work / "wgc")
+                ),
                 "party-rates run (2 workers)": lambda i: job(
                     b, "mixed", work / "w2", "--workers", "2"
                 ),
@@ -240,6 +249,12 @@ def main() -> int:
             {
                 "fresh state, empty topic": lambda i: job(b, "empty", work / "fresh"),
                 "existing state, nothing new to read": steady,
+                "fresh state, empty topic, pandas importable": lambda i: without(
+                    "pandas", job(b, "empty", work / "fresh-pd")
+                ),
+                "existing state, nothing new to read, pandas importable": lambda i: without(
+                    "pandas", steady(i)
+                ),
             },
             args.repeats,
         )
@@ -363,6 +378,7 @@ def render(
             f"{_us(statistics.median(v.cpu), n)} | {max(v.peak) / 2**20:.0f} |"
         )
     one, plain = "party-rates run (1 worker)", "party-rates run (1 worker, no roll-ups)"
+    gc = "party-rates run (1 worker, default GC thresholds)"
 
     def ratio(a: str, b: str) -> str:
         """Throughput of a ÷ of b, medians, and the spread of the ratio run by run (the
@@ -383,6 +399,10 @@ def render(
         f"**{_peak(results, one) / _peak(results, plain):.2f}** (target ≤ 1.10)",
         f"- 2 workers ÷ 1 worker: {ratio('party-rates run (2 workers)', one)}",
         f"- 2 processes ÷ 1 worker: {ratio('party-rates run (2 processes)', one)}",
+        f"- the run's collector thresholds (`flows.run.fewer_collections`): throughput ÷ at "
+        f"Python's default thresholds "
+        f"{ratio(one, gc)}; CPU µs per message {_us(statistics.median(results[one].cpu), n)} "
+        f"against {_us(statistics.median(results[gc].cpu), n)}",
         "",
         "The job's time is the whole run (start-up, partition checks, consume, validate, "
         "fold, window, match disconnect outcomes, write Parquet and the manifest); the others "
@@ -431,6 +451,10 @@ def render(
             f"{statistics.median(v.cpu):.2f} | {max(v.peak) / 2**20:.0f} |"
         )
     lines += [
+        "",
+        "The runs marked *pandas importable* leave out `flows.run.keep_pandas_out`, so that "
+        "pyarrow imports pandas on first use, as it does by default: what keeping it out buys "
+        "is the difference of each pair.",
         "",
         f"The steady state: a topic of 50 simulated hours, {steady_n:,} messages, 7 "
         "namespaces, read once; then runs that find nothing new, each on a copy of that state "
