@@ -74,6 +74,11 @@ MUTATIONS = (
                 "            return self.replace_final and bool(new[final])\n",
                 "            return True\n",
             ),
+            (
+                "flows/edges/sinks.py",
+                "        accept = pc.invert(old_final)  # no existing row, or a provisional one\n",
+                "        accept = pc.or_(pc.invert(old_final), pc.invert(new_final))\n",
+            ),
         ),
         ("tests/test_sinks.py",),
     ),
@@ -86,6 +91,11 @@ MUTATIONS = (
                 "flows/edges/sinks.py",
                 "            return self.replace_final and bool(new[final])\n",
                 "            return self.replace_final or bool(new[final])\n",
+            ),
+            (
+                "flows/edges/sinks.py",
+                "        if spec.replace_final:\n",
+                "        if True:\n",
             ),
             (
                 "flows/edges/sinks.py",
