@@ -163,7 +163,7 @@ def build_flow(
     ):
         sink = ParquetSink(storage, spec, flush_seconds=flush, parts=n)
         covered = None if spec.final_column is None or recompute else view.covered
-        routed = op.flat_map(f"route_{name}", stream, route(spec, covered))
+        routed = op.flat_map(f"route_{name}", stream, route(spec, covered, n))
         ticks_in = op.flat_map(f"{name}_ticks", ticking, _flush_ticks(sink))
         op.output(name, op.merge(f"{name}_in", routed, ticks_in), sink)
         # (file path, [row]) | (flush key, FlushTick) -> one Parquet file per path

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from flows.edges.sinks import DEAD_LETTERS, ParquetSink, window_dataset, write_files
+from flows.core.items import DaySeen
+from flows.edges.sinks import DEAD_LETTERS, ParquetSink, route, window_dataset, write_files
 from flows.edges.storage import Storage, StorageError, take_end_of_run_failures
 from schemas.output import RATES_FILE_SCHEMA
 
@@ -173,6 +174,32 @@ def test_a_write_failing_at_the_end_of_a_run_is_reported_not_raised(tmp_path: Pa
         "object store s3://b/p: cannot connect (check --s3-endpoint)"
     ]
     assert take_end_of_run_failures() == []
+
+
+def test_a_partition_writes_its_day_once_another_partition_sees_a_later_day(
+    tmp_path: Path,
+) -> None:
+    """A file per date sits on one sink partition; the router tells every partition of a
+    later day's first final row, so a partition that owns only an earlier day writes it
+    then (over a backlog, the buffer holds about a day, not the run's every day)."""
+    storage = Storage(str(tmp_path))
+    sink = ParquetSink(storage, RATES, flush_seconds=None, parts=8)
+    by_file = route(RATES, parts=8)
+    first_day = by_file([_rate(1, True)])
+    assert [v for _k, v in first_day if isinstance(v, DaySeen)] == [DaySeen(T0.date())] * 8
+    owner = sink.build_part("party_rates", "party_rates-0", None)
+    owner.write_batch([v for _k, v in first_day])  # its file, and the day it announces
+    assert not (tmp_path / RATES_FILE).exists()  # the day may still get rows
+
+    next_day = by_file([_rate(2, True, T0 + timedelta(days=1))])  # for another partition
+    marks = [(k, v) for k, v in next_day if isinstance(v, DaySeen)]
+    assert [v for _k, v in marks] == [DaySeen(T0.date() + timedelta(days=1))] * 8
+    assert {sink.part_fn(k) for k, _v in marks} == set(range(8))  # one for each partition
+    owner.write_batch([marks[0][1]])
+    assert [r["disconnected"] for r in _read(storage, RATES_FILE)] == [1]  # written
+    assert owner.snapshot() == {}
+    again = by_file([_rate(3, True, T0 + timedelta(days=1))])
+    assert len(again) == 1 and not isinstance(again[0][1], DaySeen)  # each day told once
 
 
 # --- format 2: a file per date (per month for day roll-ups), every namespace in it -------

@@ -9,6 +9,7 @@ shards' reports up into rows.
 from __future__ import annotations
 
 from array import array
+from datetime import date
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -181,6 +182,13 @@ class BatchResult(NamedTuple):
 
 class FlushTick(NamedTuple):
     """Sent to every sink partition while following: write what is due, even when idle."""
+
+
+class DaySeen(NamedTuple):
+    """Sent to every partition of a dataset's sink when its rows first show a final row of
+    a later day: a partition that owns only earlier days' files can write them then."""
+
+    day: date
 
 
 def shard_key(namespace: str, shard: int) -> str:

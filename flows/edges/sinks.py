@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.core.eventtime import EPOCH
-from flows.core.items import FlushTick, Row
+from flows.core.items import DaySeen, FlushTick, Row
 from flows.core.paths import parse_old_window_relpath, window_relpath
 from flows.core.rows import dataset_names
 from flows.edges.metrics import METRICS
@@ -231,15 +231,21 @@ Routed = tuple[str, list[FileRow]]
 
 
 def route(
-    spec: DatasetSpec, covered: Covered | None = None
-) -> Callable[[list[Row]], list[tuple[str, Routed]]]:
+    spec: DatasetSpec, covered: Covered | None = None, parts: int = 0
+) -> Callable[[list[Row]], list[tuple[str, Routed | DaySeen]]]:
     """Key rows by their file, so one sink partition owns each file: one item per file, not
     per row (fewer items to hand over, and to pickle between processes). With ``covered``
     (a windowed dataset), rows of windows the output's record says are final or incomplete
-    are left out (flows.edges.table)."""
-    writable = covered.writable if covered is not None else None
+    are left out (flows.edges.table).
 
-    def by_file(rows: list[Row]) -> list[tuple[str, Routed]]:
+    With ``parts`` (the sink's partitions), the first final row of a later day than any
+    before is also announced to every partition (``DaySeen``): a file per date sits on one
+    partition, which would otherwise learn of the next day only from its own files and keep
+    its day's rows buffered to the end of the run."""
+    writable = covered.writable if covered is not None else None
+    newest: list[date] = []  # the latest day announced (shared by this process's workers)
+
+    def by_file(rows: list[Row]) -> list[tuple[str, Routed | DaySeen]]:
         files: dict[str, list[FileRow]] = {}
         for row in rows:
             if writable is not None:
@@ -254,7 +260,15 @@ def route(
                 files[relpath] = [spec.file_row(row)]
             else:
                 group.append(spec.file_row(row))
-        return [(relpath, (relpath, group)) for relpath, group in files.items()]
+        out: list[tuple[str, Routed | DaySeen]] = [
+            (relpath, (relpath, group)) for relpath, group in files.items()
+        ]
+        if parts and spec.final_column is not None and files:
+            days = [d for group in files.values() for r in group if (d := spec.day(r))]
+            if days and (not newest or max(days) > newest[0]):
+                newest[:] = [max(days)]
+                out += [(f"{FLUSH_KEY}{i}", DaySeen(newest[0])) for i in range(parts)]
+        return out
 
     return by_file
 
@@ -269,7 +283,7 @@ def merge_into(rows: dict[Any, FileRow], new: FileRow, spec: DatasetSpec) -> boo
     return False
 
 
-class ParquetSink(FixedPartitionedSink[Routed | FlushTick, Buffer]):
+class ParquetSink(FixedPartitionedSink[Routed | FlushTick | DaySeen, Buffer]):
     """Idempotent, atomic Parquet writer of one dataset (see the module docstring)."""
 
     def __init__(
@@ -296,7 +310,7 @@ class ParquetSink(FixedPartitionedSink[Routed | FlushTick, Buffer]):
         return ParquetPart(self, resume_state or {})
 
 
-class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
+class ParquetPart(StatefulSinkPartition[Routed | FlushTick | DaySeen, Buffer]):
     def __init__(self, sink: ParquetSink, buffer: Buffer) -> None:
         self.sink = sink
         # Rows a version that wrote format 1 buffered are left out: the migration of the
@@ -314,10 +328,13 @@ class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
         # rows like any others, and are written with them (a file already up to date is
         # left alone): each file is read and written once a run, not once more at start.
 
-    def write_batch(self, values: list[Routed | FlushTick]) -> None:
+    def write_batch(self, values: list[Routed | FlushTick | DaySeen]) -> None:
         spec = self.sink.spec
         for item in values:
             if isinstance(item, FlushTick):
+                continue
+            if isinstance(item, DaySeen):
+                self.saw_day(item.day)
                 continue
             relpath, group = item
             rows = self.buffer.setdefault(relpath, {})
@@ -326,14 +343,20 @@ class ParquetPart(StatefulSinkPartition[Routed | FlushTick, Buffer]):
                 merge_into(rows, row, spec)
                 self.buffered += len(rows) - before
                 day = spec.day(row)
-                if day is not None and (self.newest_day is None or day > self.newest_day):
-                    self.newest_day = day
-                    self.flush_settled_days()
+                if day is not None:
+                    self.saw_day(day)
         due = self.sink.flush_seconds is not None and (
             time.monotonic() - self.last_flush >= self.sink.flush_seconds
         )
         if self.buffered >= MAX_BUFFERED_ROWS or (due and self.buffered):
             self.flush()
+
+    def saw_day(self, day: date) -> None:
+        """A final row of ``day`` was seen (here, or by the router of another partition's
+        rows): write the days it settles."""
+        if self.newest_day is None or day > self.newest_day:
+            self.newest_day = day
+            self.flush_settled_days()
 
     def flush_settled_days(self) -> None:
         """Write the files of days before the newest final row's day, if all final.
