@@ -243,10 +243,12 @@ def route(
     partition, which would otherwise learn of the next day only from its own files and keep
     its day's rows buffered to the end of the run."""
     writable = covered.writable if covered is not None else None
+    announce = parts > 0 and spec.final_column is not None
     newest: list[date] = []  # the latest day announced (shared by this process's workers)
 
     def by_file(rows: list[Row]) -> list[tuple[str, Routed | DaySeen]]:
         files: dict[str, list[FileRow]] = {}
+        latest: date | None = None  # of this batch's final rows
         for row in rows:
             if writable is not None:
                 why = writable(spec.name, (row["window_start"] - EPOCH) // ONE_US)
@@ -254,20 +256,16 @@ def route(
                     if why != "final":
                         METRICS.withheld(spec.name)
                     continue
-            relpath = spec.relpath(row)
-            group = files.get(relpath)
-            if group is None:
-                files[relpath] = [spec.file_row(row)]
-            else:
-                group.append(spec.file_row(row))
+            file_row = spec.file_row(row)
+            files.setdefault(spec.relpath(row), []).append(file_row)
+            if announce and (day := spec.day(file_row)) is not None:
+                latest = day if latest is None else max(latest, day)
         out: list[tuple[str, Routed | DaySeen]] = [
             (relpath, (relpath, group)) for relpath, group in files.items()
         ]
-        if parts and spec.final_column is not None and files:
-            days = [d for group in files.values() for r in group if (d := spec.day(r))]
-            if days and (not newest or max(days) > newest[0]):
-                newest[:] = [max(days)]
-                out += [(f"{FLUSH_KEY}{i}", DaySeen(newest[0])) for i in range(parts)]
+        if latest is not None and (not newest or latest > newest[0]):
+            newest[:] = [latest]
+            out += [(f"{FLUSH_KEY}{i}", DaySeen(latest)) for i in range(parts)]
         return out
 
     return by_file
