@@ -13,8 +13,8 @@ messages/s (median and spread), CPU time per message and peak RSS:
 * fixed costs: a fresh run over an empty topic, and a scheduled run that finds nothing new
   on a state with open windows (the cron steady state).
 
-Results go to stdout and to bench/RESULTS.md. ``--memory-scaling`` measures peak RSS over 1x
-and 4x the messages instead (bench/MEMORY.md).
+Results go to stdout and to bench/RESULTS.md. ``--memory-scaling`` measures peak RSS over 1, 2,
+4 and 8 times the messages instead (bench/MEMORY.md).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def main() -> int:
     parser.add_argument(
         "--memory-scaling",
         action="store_true",
-        help="only the job's peak RSS over MESSAGES and 4 x MESSAGES (written to MEMORY.md)",
+        help="only the job's peak RSS over 1, 2, 4 and 8 x MESSAGES (written to MEMORY.md)",
     )
     args = parser.parse_args()
     if args.memory_scaling:
@@ -287,27 +287,48 @@ def compile_sources() -> None:
     )
 
 
+SCALES = (1, 2, 4, 8)
+"""Simulated days in a row of ``make bench --memory-scaling``; the target compares 4 with 1."""
+UNALIGNED = (4, 8)
+"""Scales also run without event-time alignment (``--max-drift 0``), to weigh it."""
+
+
 def memory_scaling(n: int, write: bool) -> int:
-    """Peak RSS of the job over n and over 4n messages: bounded by open windows, not input."""
+    """Peak RSS of the job over n, 2n, 4n and 8n messages (simulated days in a row): bounded
+    by open windows, not input; at 4n and 8n also without event-time alignment."""
     compile_sources()
     work = Path(tempfile.mkdtemp(prefix="party-rates-mem-"))
     rows = []
     with embedded_broker() as broker:
-        for scale in (1, 4):
+        produced = dict.fromkeys(SCALES, 0)
+        for scale in SCALES:
+            broker.create_topic(f"mem-{scale}", partitions=4)
+        for day in range(max(SCALES)):  # each day generated once, produced where it belongs
+            start = SimConfig().start + timedelta(days=day)
+            cfg = SimConfig(messages=n, namespaces=60, seed=day, start=start, shape="flat")
+            messages, _ = generate(cfg)
+            for scale in SCALES:
+                if day < scale:
+                    produced[scale] += produce(broker.bootstrap, f"mem-{scale}", messages)
+            del messages
+        for scale in SCALES:
             topic = f"mem-{scale}"
-            broker.create_topic(topic, partitions=4)
-            produced = 0
-            for seed in range(scale):  # 4n as four simulated days in a row
-                start = SimConfig().start + timedelta(days=seed)
-                cfg = SimConfig(messages=n, namespaces=60, seed=seed, start=start, shape="flat")
-                messages, _ = generate(cfg)
-                produced += produce(broker.bootstrap, topic, messages)
-                del messages
-            elapsed, peak, _cpu = measure(job(broker.bootstrap, topic, work / topic))
-            rows.append((produced, elapsed, peak))
-            print(f"{produced:,} messages: peak RSS {peak / 2**20:.0f} MiB", file=sys.stderr)
+            _wall, peak, _cpu = measure(job(broker.bootstrap, topic, work / topic))
+            unaligned = None
+            if scale in UNALIGNED:
+                cmd = job(broker.bootstrap, topic, work / topic, "--max-drift", "0")
+                unaligned = measure(cmd)[1]
+            rows.append((scale, produced[scale], peak, unaligned))
+            print(f"{produced[scale]:,} messages: peak RSS {peak / 2**20:.0f} MiB", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
-    (small, _, p1), (big, _, p4) = rows
+    base = rows[0][2]
+    at4 = next(r[2] for r in rows if r[0] == 4)
+    table = [
+        f"| {scale} | {count:,} | {peak / 2**20:.0f} | {peak / base:.2f} | "
+        + ("" if unaligned is None else f"{unaligned / 2**20:.0f}")
+        + " |"
+        for scale, count, peak, unaligned in rows
+    ]
     report = "\n".join(
         [
             "# Memory scaling",
@@ -315,14 +336,14 @@ def memory_scaling(n: int, write: bool) -> int:
             "Measured by `make bench BENCH_ARGS=--memory-scaling` on "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({platform.platform()}, "
             f"{os.cpu_count()} CPUs): the job's peak RSS (process and children, sampled "
-            "every 50 ms) over one simulated day and over four days in a row.",
+            "every 50 ms) over simulated days in a row, one run of each; at 4 and 8 days also "
+            "without event-time alignment (`--max-drift 0`).",
             "",
-            "| messages | peak RSS (MiB) |",
-            "|---:|---:|",
-            f"| {small:,} | {p1 / 2**20:.0f} |",
-            f"| {big:,} | {p4 / 2**20:.0f} |",
+            "| days | messages | peak RSS (MiB) | x one day | without alignment (MiB) |",
+            "|---:|---:|---:|---:|---:|",
+            *table,
             "",
-            f"4x the input: peak RSS x **{p4 / p1:.2f}**.",
+            f"4x the input: peak RSS x **{at4 / base:.2f}**.",
             "",
         ]
     )

@@ -146,6 +146,11 @@ class KafkaSettings(Part):
         "monitoring (empty: none)",
     )
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="messages per consume call")
+    max_drift: Duration = Field(
+        parse_duration_us("10m"),
+        description="how far ahead in event time a partition is read of the slowest one this "
+        "process reads (bounds memory over a backlog; 0: no limit)",
+    )
     connect_timeout: Duration = Field(
         parse_duration_us("20s"), description="how long to try reaching the brokers"
     )

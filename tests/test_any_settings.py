@@ -2,11 +2,12 @@
 
 Hypothesis draws the settings a run can be given (window 1 m to 1 h, allowed lateness 0
 to 2 h, outcome horizon, dedup horizon, 1 to 8 shards, a roll-up list, none included,
-batch size, one or two workers) and a small simulated topic (late events, quick and stale
-re-sends past the dedup horizon, events without a player or party, dead letters), runs
-the dataflow in process (the real partition readers, steps and sinks; only the consumer
-is replaced, ``tests/test_flow.py``), cut into one to three runs on one state, and
-compares every dataset with the independent reference at those settings.
+batch size, one or two workers, the event-time drift allowed between partitions) and a
+small simulated topic (late events, quick and stale re-sends past the dedup horizon,
+events without a player or party, dead letters), runs the dataflow in process (the real
+partition readers, steps and sinks; only the consumer is replaced, ``tests/test_flow.py``),
+cut into one to three runs on one state, and compares every dataset with the independent
+reference at those settings.
 
 The examples are derandomized (the same ones every run, so a failure replays) and a
 failing one is shrunk; ``note`` prints the settings and topic of the one that failed.
@@ -48,6 +49,7 @@ class Drawn:
     rollups_s: tuple[int, ...] | None  # None: --rollups left out (the default list)
     batch_size: int
     workers: int
+    max_drift_s: int  # 0: partitions read without event-time alignment
 
     def settings(self, tmp: Path, run: int) -> Settings:
         given: dict[str, object] = {}
@@ -63,6 +65,7 @@ class Drawn:
             outcome_horizon=f"{self.horizon_s}s",
             shards=self.shards,
             batch_size=self.batch_size,
+            max_drift=f"{self.max_drift_s}s",
             progress="off",
             group_id="",
             run_id=f"run-{run:02d}",
@@ -98,6 +101,7 @@ def drawn_settings(draw: st.DrawFn) -> Drawn:
         rollups_s=None if rollups is None else tuple(rollups),
         batch_size=draw(st.sampled_from([1, 10_000]) | st.integers(1, 300)),
         workers=draw(st.sampled_from([1, 2])),
+        max_drift_s=draw(st.sampled_from([0, 1, 600]) | st.integers(0, 4 * 3600)),
     )
 
 
@@ -170,26 +174,27 @@ def run_in_pieces(tmp: Path, drawn: Drawn, flat: Topic, partitions: int, cuts: l
 # Corners every run reaches whatever the draws: no roll-up and several, the default list at
 # a window it does not fit, no lateness and two hours, one shard and eight, a window that
 # does not divide an hour, roll-ups that do not divide each other, split runs, two
-# workers, a day and more (final 1d rows).
+# workers, a day and more (final 1d rows), partitions read in step (a drift of 1 s) and
+# without alignment.
 CORNERS = [
     (
-        Drawn(60, 0, 0, None, 1, (), 1, 1),
+        Drawn(60, 0, 0, None, 1, (), 1, 1, 0),
         SmallTopic(_topic(1_200, 3, 3.0, 1, "day", 0.25), 3, (0.3, 0.6)),
     ),
     (
-        Drawn(420, 7200, 3 * 3600, 4 * 3600, 8, (840, 2940, 5880), 37, 2),
+        Drawn(420, 7200, 3 * 3600, 4 * 3600, 8, (840, 2940, 5880), 37, 2, 1),
         SmallTopic(_topic(1_500, 2, 8.0, 2, "flat", 2.5), 2, (0.5,)),
     ),
     (
-        Drawn(3600, 600, 600, None, 3, None, 10_000, 2),
+        Drawn(3600, 600, 600, None, 3, None, 10_000, 2, 600),
         SmallTopic(_topic(1_500, 4, 30.0, 3, "day", 1.0), 3, (0.2, 0.9)),
     ),
     (
-        Drawn(900, 1200, 3600, 2700, 4, (3600, 86400), 5, 1),
+        Drawn(900, 1200, 3600, 2700, 4, (3600, 86400), 5, 1, 60),
         SmallTopic(_topic(1_500, 2, 30.0, 4, "flat", 2.5), 1, ()),
     ),
     (  # a roll-up (45 m) that does not divide the longest (1 h): its windows end later
-        Drawn(900, 0, 0, None, 2, (1800, 2700, 3600), 1, 1),
+        Drawn(900, 0, 0, None, 2, (1800, 2700, 3600), 1, 1, 0),
         SmallTopic(_topic(914, 2, 30.0, 0, "flat", 1.0), 1, ()),
     ),
 ]
@@ -263,7 +268,7 @@ def test_stale_copies_and_anonymous_events_reach_the_job_at_non_default_settings
     final roll-ups exist."""
     drawn = Drawn(
         window_s=600, lateness_s=1200, horizon_s=1800, dedup_s=2400, shards=3,
-        rollups_s=(3600, 7200), batch_size=50, workers=1,
+        rollups_s=(3600, 7200), batch_size=50, workers=1, max_drift_s=600,
     )  # fmt: skip
     cfg = SimConfig(
         messages=4_000, namespaces=3, hours=8, seed=5, anonymous_rate=0.1,

@@ -75,6 +75,7 @@ BACKFILL = ("--window", "1m", "--start-at", "2026-11-01T00:00:00Z")
 BACKFILL_GROUP = ("--group-id", "party-rates-backfill-1m")
 FAR = ("--window", "10m", "--allowed-lateness", "30m", "--outcome-horizon", "15m")
 FAR += ("--dedup-horizon", "1h", "--shards", "2", "--rollups", "30m,2h", "--workers", "2")
+FAR += ("--max-drift", "1s", "--batch-size", "50")  # partitions in step, pausing often
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from flows import logs
+from flows.core.alignment import Alignment
 from flows.core.items import BatchResult
 from flows.core.partition import PartitionSnapshot, PartitionState, process_batch
 from flows.edges import stopping
@@ -230,6 +231,7 @@ class TopicSource(FixedPartitionedSource[BatchResult, PartitionSnapshot]):
         self._ends: dict[int, tuple[int, int]] | None = bounds
         self._ends_lock = threading.Lock()
         self._starts: dict[int, int] | None = start.offsets
+        self.alignment = Alignment(kafka.max_drift or None)
         self.commits: GroupCommits | None = (
             group_commits(
                 {**quiet(self.config), **self.config}, kafka.group_id, kafka.topic, self.failpoints
@@ -415,6 +417,10 @@ class PartitionReader(StatefulSourcePartition[BatchResult, PartitionSnapshot]):
                 self.committed = self.snapshot_offset
         if self.done or stopping.requested():  # a stop ends the input at a batch boundary
             raise StopIteration
+        if self.started and self.source.alignment.ahead(self.partition, self.state.max_t_us):
+            # read ahead of the slowest partition: wait for it (flows.core.alignment)
+            self.awake = datetime.now(UTC) + timedelta(milliseconds=5)
+            return []
         end = self.end_offset
         msgs = [] if self._finished() else self.consumer.consume(self.source.kafka.batch_size, 0)
         good = [msg for msg in msgs if msg.error() is None]
@@ -470,6 +476,9 @@ class PartitionReader(StatefulSourcePartition[BatchResult, PartitionSnapshot]):
             start_us=self.source.start.start_us,
             reread_before=self.source.view.reread.get(self.partition, -1),
             keep_marks_us=self.source.rules.marks_kept_us,
+        )
+        self.source.alignment.update(
+            self.partition, self.state.max_t_us, reading=not (self.done or caught_up)
         )
         if self.done and end is not None:
             # Offsets up to the end may hold only transaction markers: they are read.
