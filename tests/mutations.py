@@ -316,6 +316,24 @@ MUTATIONS = (
         ),
         ("tests/test_flow.py::test_no_group_commit_is_ahead_of_the_durable_snapshot",),
     ),
+    Mutation(
+        "drift-unbounded",
+        "partitions read without event-time alignment whatever `--max-drift` says",
+        (
+            (
+                "flows/edges/source.py",
+                "if self.started and self.source.alignment.ahead(",
+                "if False and self.source.alignment.ahead(",
+            ),
+        ),
+        ("tests/test_alignment.py::test_a_reader_ahead_of_the_other_waits_for_it",),
+    ),
+    Mutation(
+        "ended-partition-holds-back",
+        "a partition at its end still holding the others back (a run would never end)",
+        (("flows/edges/source.py", "reading=not (self.done or caught_up)", "reading=True"),),
+        ("tests/test_alignment.py::test_a_reader_at_its_end_holds_nobody_back",),
+    ),
 )
 
 
